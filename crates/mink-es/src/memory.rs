@@ -1,0 +1,319 @@
+//! The in-memory store, for users' tests and prototypes.
+//!
+//! It implements every store trait with the same semantics as the durable adapters
+//! (it passes the same conformance suite), under one reader/writer lock. Nothing
+//! survives the process.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::snapshot::{CheckpointStore, Snapshot, SnapshotStore};
+use crate::store::{
+    AppendResult, FeedFilter, FeedNotifier, FeedPage, FeedReader, FeedSignal, StoreLimits,
+    StreamInfo, StreamReader, StreamWriter, check_idempotent_repeat, validate_append,
+};
+use crate::{
+    Error, EventId, ExpectedVersion, NewEvent, Position, Result, StoredEvent, StreamId, now_micros,
+};
+
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// An event store held in memory.
+///
+/// Cloning gives another handle to the same store.
+///
+/// ```
+/// # tokio_test_block_on(async {
+/// use mink_es::{ExpectedVersion, MemoryStore, NewEvent, StreamId, StreamWriter};
+/// let store = MemoryStore::new();
+/// let stream = StreamId::new("Order-1")?;
+/// let res = store
+///     .append(&stream, ExpectedVersion::NoStream, vec![NewEvent::new("OrderPlaced", "{}")])
+///     .await?;
+/// assert_eq!(res.version, 1);
+/// # Ok::<(), mink_es::Error>(())
+/// # });
+/// # fn tokio_test_block_on<F: std::future::Future>(f: F) -> F::Output {
+/// #     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
+/// # }
+/// ```
+#[derive(Clone, Default)]
+pub struct MemoryStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    state: RwLock<State>,
+    notifier: FeedNotifier,
+    limits: StoreLimits,
+    snapshots: Mutex<HashMap<StreamId, Snapshot>>,
+    checkpoints: Mutex<HashMap<String, Position>>,
+}
+
+#[derive(Default)]
+struct State {
+    /// The global feed; position n is at index n - 1.
+    log: Vec<StoredEvent>,
+    /// Log indices of each stream's events, in version order.
+    streams: FastMap<StreamId, Vec<usize>>,
+    /// Log index of each event id.
+    ids: FastMap<EventId, usize>,
+}
+
+impl MemoryStore {
+    /// An empty store with default limits.
+    pub fn new() -> Self {
+        MemoryStore::default()
+    }
+
+    /// An empty store with the given limits.
+    pub fn with_limits(limits: StoreLimits) -> Self {
+        MemoryStore {
+            inner: Arc::new(Inner {
+                limits,
+                ..Inner::default()
+            }),
+        }
+    }
+
+    /// Number of events stored.
+    pub fn event_count(&self) -> usize {
+        self.inner.state.read().log.len()
+    }
+
+    /// Number of streams.
+    pub fn stream_count(&self) -> usize {
+        self.inner.state.read().streams.len()
+    }
+
+    /// Replaces the payload of a stored event, behind the store's normal paths.
+    ///
+    /// This exists to simulate storage corruption in tests; it returns false when no
+    /// event has that stream and version.
+    pub fn tamper_payload(&self, stream: &StreamId, version: u64, payload: bytes::Bytes) -> bool {
+        let mut st = self.inner.state.write();
+        let idx = st
+            .streams
+            .get(stream)
+            .and_then(|v| v.get((version as usize).wrapping_sub(1)).copied());
+        match idx {
+            Some(i) => {
+                st.log[i].payload = payload;
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl State {
+    fn stream_version(&self, stream: &StreamId) -> u64 {
+        self.streams.get(stream).map_or(0, |v| v.len() as u64)
+    }
+
+    /// The events stored under the append's ids, in append order, stopping at the first
+    /// id that is not stored.
+    fn stored_for(&self, events: &[NewEvent]) -> Vec<StoredEvent> {
+        events
+            .iter()
+            .map_while(|e| self.ids.get(&e.id).map(|&i| self.log[i].clone()))
+            .collect()
+    }
+}
+
+impl StreamWriter for MemoryStore {
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult> {
+        validate_append(stream, &events, &self.inner.limits)?;
+        let result = {
+            let mut guard = self.inner.state.write();
+            let st = &mut *guard;
+
+            if st.ids.contains_key(&events[0].id) {
+                let stored = st.stored_for(&events);
+                check_idempotent_repeat(stream, expected, &events, &stored)?;
+                let version = st.stream_version(stream);
+                return Ok(AppendResult {
+                    stream_id: stream.clone(),
+                    events: stored,
+                    version,
+                    deduplicated: true,
+                });
+            }
+
+            let current = st.stream_version(stream);
+            if !expected.accepts(current) {
+                return Err(Error::Conflict {
+                    stream: stream.clone(),
+                    expected,
+                    actual: current,
+                });
+            }
+            if let Some(dup) = events.iter().find(|e| st.ids.contains_key(&e.id)) {
+                let existing = &st.log[st.ids[&dup.id]];
+                return Err(Error::DuplicateEventId {
+                    event_id: dup.id,
+                    stream: stream.clone(),
+                    existing_stream: existing.stream_id.clone(),
+                    existing_version: existing.version,
+                });
+            }
+
+            let recorded_at = now_micros();
+            let first_index = st.log.len();
+            let n = events.len();
+            st.log.reserve(n);
+            st.ids.reserve(n);
+            for (i, e) in events.into_iter().enumerate() {
+                let index = first_index + i;
+                st.ids.insert(e.id, index);
+                st.log.push(StoredEvent {
+                    id: e.id,
+                    stream_id: stream.clone(),
+                    version: current + 1 + i as u64,
+                    position: Position::new(0, index as u64 + 1),
+                    event_type: e.event_type,
+                    schema_version: e.schema_version,
+                    codec: e.codec,
+                    payload: e.payload,
+                    metadata: e.metadata,
+                    recorded_at,
+                });
+            }
+            st.streams
+                .entry(stream.clone())
+                .or_default()
+                .extend(first_index..first_index + n);
+            AppendResult {
+                stream_id: stream.clone(),
+                events: st.log[first_index..].to_vec(),
+                version: current + n as u64,
+                deduplicated: false,
+            }
+        };
+        self.inner.notifier.notify();
+        Ok(result)
+    }
+}
+
+impl StreamReader for MemoryStore {
+    async fn read_stream(
+        &self,
+        stream: &StreamId,
+        from_version: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>> {
+        let st = self.inner.state.read();
+        let Some(indices) = st.streams.get(stream) else {
+            return Ok(Vec::new());
+        };
+        let skip = usize::try_from(from_version.saturating_sub(1)).unwrap_or(usize::MAX);
+        Ok(indices
+            .iter()
+            .skip(skip)
+            .take(limit)
+            .map(|&i| st.log[i].clone())
+            .collect())
+    }
+
+    async fn stream_version(&self, stream: &StreamId) -> Result<u64> {
+        Ok(self.inner.state.read().stream_version(stream))
+    }
+
+    async fn stream_info(&self, stream: &StreamId) -> Result<Option<StreamInfo>> {
+        let st = self.inner.state.read();
+        Ok(st.streams.get(stream).and_then(|indices| {
+            let first = &st.log[*indices.first()?];
+            let last = &st.log[*indices.last()?];
+            Some(StreamInfo {
+                stream_id: stream.clone(),
+                version: last.version,
+                created_at: first.recorded_at,
+                updated_at: last.recorded_at,
+            })
+        }))
+    }
+}
+
+impl FeedReader for MemoryStore {
+    async fn read_feed(
+        &self,
+        after: Position,
+        limit: usize,
+        filter: &FeedFilter,
+    ) -> Result<FeedPage> {
+        let st = self.inner.state.read();
+        // Positions are (0, n) with n = index + 1; any position with a major part is
+        // past every event of this store.
+        let start = if after.major() > 0 {
+            st.log.len()
+        } else {
+            usize::try_from(after.minor())
+                .unwrap_or(usize::MAX)
+                .min(st.log.len())
+        };
+        let mut events = Vec::new();
+        let mut next = after;
+        for e in &st.log[start..] {
+            if events.len() >= limit {
+                break;
+            }
+            next = e.position;
+            if filter.is_empty() || filter.matches(e) {
+                events.push(e.clone());
+            }
+        }
+        Ok(FeedPage { events, next })
+    }
+
+    async fn head_position(&self) -> Result<Position> {
+        Ok(Position::new(0, self.inner.state.read().log.len() as u64))
+    }
+
+    fn feed_signal(&self) -> FeedSignal {
+        self.inner.notifier.signal()
+    }
+}
+
+impl SnapshotStore for MemoryStore {
+    async fn save_snapshot(&self, snapshot: Snapshot) -> Result<()> {
+        let mut map = self.inner.snapshots.lock();
+        match map.get(&snapshot.stream_id) {
+            Some(existing) if existing.version > snapshot.version => {}
+            _ => {
+                map.insert(snapshot.stream_id.clone(), snapshot);
+            }
+        }
+        Ok(())
+    }
+
+    async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>> {
+        Ok(self.inner.snapshots.lock().get(stream).cloned())
+    }
+
+    async fn delete_snapshot(&self, stream: &StreamId) -> Result<()> {
+        self.inner.snapshots.lock().remove(stream);
+        Ok(())
+    }
+}
+
+impl CheckpointStore for MemoryStore {
+    async fn load_checkpoint(&self, name: &str) -> Result<Option<Position>> {
+        Ok(self.inner.checkpoints.lock().get(name).copied())
+    }
+
+    async fn save_checkpoint(&self, name: &str, position: Position) -> Result<()> {
+        self.inner
+            .checkpoints
+            .lock()
+            .insert(name.to_owned(), position);
+        Ok(())
+    }
+}
