@@ -1,0 +1,1 @@
+//! Given/when/then fixtures for aggregates (to be completed).
