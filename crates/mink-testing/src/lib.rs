@@ -13,4 +13,3 @@ pub mod fixture;
 pub mod services;
 
 pub use conformance::StoreFactory;
-pub use fixture::AggregateFixture;
