@@ -81,3 +81,11 @@ pub use version::ExpectedVersion;
 /// Re-exported so that users and adapters name the same versions.
 pub use bytes::Bytes;
 pub use uuid::Uuid;
+
+/// The traits most code needs in scope: `use mink_es::prelude::*;`.
+pub mod prelude {
+    pub use crate::aggregate::{Aggregate, DomainEvent};
+    pub use crate::codec::Codec;
+    pub use crate::snapshot::{CheckpointStore, SnapshotStore};
+    pub use crate::store::{EventStore, FeedReader, StreamReader, StreamWriter};
+}

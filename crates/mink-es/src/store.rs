@@ -80,7 +80,11 @@ pub trait StreamWriter: Send + Sync {
     ///
     /// Appending again the same event ids at the same place in the same stream returns
     /// the original result ([`AppendResult::deduplicated`] is true) and stores nothing;
-    /// the same ids anywhere else fail with [`Error::DuplicateEventId`].
+    /// the same ids anywhere else fail with [`Error::DuplicateEventId`]. "The same
+    /// place" means the ids are stored consecutively, in the same order, starting where
+    /// `expected` says the append starts (any place for [`ExpectedVersion::Any`]). A
+    /// leading part of an earlier append counts as a repeat of that part; a mix of
+    /// stored and new ids does not.
     fn append(
         &self,
         stream: &StreamId,

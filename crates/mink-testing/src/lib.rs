@@ -13,3 +13,4 @@ pub mod fixture;
 pub mod services;
 
 pub use conformance::StoreFactory;
+pub use fixture::AggregateFixture;

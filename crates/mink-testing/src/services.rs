@@ -14,7 +14,9 @@ pub fn service_url(var: &str) -> Option<String> {
         Ok(v) if !v.trim().is_empty() => Some(v),
         _ => {
             if services_required() {
-                panic!("{var} is not set, and MINK_REQUIRE_SERVICES=1 requires every service-backed test to run");
+                panic!(
+                    "{var} is not set, and MINK_REQUIRE_SERVICES=1 requires every service-backed test to run"
+                );
             }
             eprintln!("SKIPPED: {var} is not set; this service-backed test did not run");
             None

@@ -1,0 +1,26 @@
+//! The conformance suite on the in-memory store.
+
+use mink_es::{MemoryStore, StreamId};
+use mink_testing::StoreFactory;
+
+struct MemoryFactory;
+
+impl StoreFactory for MemoryFactory {
+    type Store = MemoryStore;
+
+    async fn create(&self) -> MemoryStore {
+        MemoryStore::new()
+    }
+
+    async fn corrupt_payload(
+        &self,
+        store: &MemoryStore,
+        stream: &StreamId,
+        version: u64,
+        payload: Vec<u8>,
+    ) {
+        assert!(store.tamper_payload(stream, version, payload.into()));
+    }
+}
+
+mink_testing::conformance_tests!(async { Some(MemoryFactory) });
