@@ -25,8 +25,13 @@ pub struct EventId(Uuid);
 
 impl EventId {
     /// A new UUIDv7 id.
+    ///
+    /// Ids made by one thread increase strictly (a 42-bit counter follows the
+    /// millisecond timestamp, as RFC 9562 §6.2 method 1 allows); 32 further bits are
+    /// random. Generation costs tens of nanoseconds: no system call after the first
+    /// id of each thread.
     pub fn new() -> Self {
-        EventId(Uuid::now_v7())
+        EventId(v7::next())
     }
 
     /// Wraps an existing UUID (for example one derived from a command id).
@@ -71,6 +76,77 @@ impl fmt::Debug for EventId {
 impl From<Uuid> for EventId {
     fn from(u: Uuid) -> Self {
         EventId(u)
+    }
+}
+
+mod v7 {
+    use std::cell::Cell;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    use uuid::Uuid;
+
+    const COUNTER_BITS: u32 = 42;
+
+    #[derive(Clone, Copy)]
+    struct State {
+        last_ms: u64,
+        counter: u64,
+        rng: u64,
+    }
+
+    thread_local! {
+        static STATE: Cell<Option<State>> = const { Cell::new(None) };
+    }
+
+    fn wyrand(state: &mut u64) -> u64 {
+        *state = state.wrapping_add(0xa076_1d64_78bd_642f);
+        let t = u128::from(*state) * u128::from(*state ^ 0xe703_7ed1_a0b4_28db);
+        ((t >> 64) as u64) ^ (t as u64)
+    }
+
+    /// A fresh counter start: random, with the top bit clear so that it can grow.
+    fn fresh_counter(rng: &mut u64) -> u64 {
+        wyrand(rng) >> (64 - COUNTER_BITS + 1)
+    }
+
+    pub(super) fn next() -> Uuid {
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        STATE.with(|cell| {
+            let mut st = cell.get().unwrap_or_else(|| {
+                let (a, b) = Uuid::new_v4().as_u64_pair();
+                State {
+                    last_ms: 0,
+                    counter: 0,
+                    rng: a ^ b.rotate_left(32),
+                }
+            });
+            if now_ms > st.last_ms {
+                st.last_ms = now_ms;
+                st.counter = fresh_counter(&mut st.rng);
+            } else {
+                st.counter += 1;
+                if st.counter >> COUNTER_BITS != 0 {
+                    // The counter ran out within one millisecond: borrow the next one.
+                    st.last_ms += 1;
+                    st.counter = fresh_counter(&mut st.rng);
+                }
+            }
+            let random = wyrand(&mut st.rng) as u32;
+            cell.set(Some(st));
+            let ms = u128::from(st.last_ms & ((1 << 48) - 1));
+            let hi = u128::from(st.counter >> 30);
+            let lo = u128::from(st.counter & ((1 << 30) - 1));
+            Uuid::from_u128(
+                (ms << 80)
+                    | (0x7 << 76)
+                    | (hi << 64)
+                    | (0b10 << 62)
+                    | (lo << 32)
+                    | u128::from(random),
+            )
+        })
     }
 }
 
@@ -264,8 +340,9 @@ impl EventType {
 
 /// Who and what caused an event. Stored with every event.
 ///
-/// The well-known ids have their own fields; anything else goes in `custom`.
-/// The JSON form uses camelCase keys and omits empty fields.
+/// The well-known ids (correlation, causation, user, tenant) have their own accessors;
+/// anything else goes in the custom key/values. The JSON form uses camelCase keys and
+/// omits empty fields. Empty metadata takes no memory beyond one pointer.
 ///
 /// ```
 /// use mink_es::Metadata;
@@ -273,82 +350,158 @@ impl EventType {
 ///     .with_correlation_id("c-1")
 ///     .with_user_id("alice")
 ///     .with_custom("source", "web");
-/// assert_eq!(m.custom.get("source").map(String::as_str), Some("web"));
+/// assert_eq!(m.correlation_id(), Some("c-1"));
+/// assert_eq!(m.custom_value("source"), Some("web"));
+/// assert_eq!(m.to_json().unwrap(), r#"{"correlationId":"c-1","userId":"alice","custom":{"source":"web"}}"#);
 /// ```
+#[derive(Clone, Default)]
+pub struct Metadata(Option<Box<MetadataFields>>);
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-#[non_exhaustive]
-pub struct Metadata {
-    /// Groups every message of one business transaction.
+struct MetadataFields {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub correlation_id: Option<String>,
-    /// The id of the message (command or event) that caused this one.
+    correlation_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub causation_id: Option<String>,
-    /// The user on whose behalf the event was written.
+    causation_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user_id: Option<String>,
-    /// The tenant the event belongs to.
+    user_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tenant_id: Option<String>,
-    /// Application-defined key/values.
+    tenant_id: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub custom: BTreeMap<String, String>,
+    custom: BTreeMap<String, String>,
 }
 
-impl Metadata {
-    /// Sets the correlation id.
-    pub fn with_correlation_id(mut self, id: impl Into<String>) -> Self {
-        self.correlation_id = Some(id.into());
-        self
-    }
+static NO_FIELDS: MetadataFields = MetadataFields {
+    correlation_id: None,
+    causation_id: None,
+    user_id: None,
+    tenant_id: None,
+    custom: BTreeMap::new(),
+};
 
-    /// Sets the causation id.
-    pub fn with_causation_id(mut self, id: impl Into<String>) -> Self {
-        self.causation_id = Some(id.into());
-        self
-    }
-
-    /// Sets the user id.
-    pub fn with_user_id(mut self, id: impl Into<String>) -> Self {
-        self.user_id = Some(id.into());
-        self
-    }
-
-    /// Sets the tenant id.
-    pub fn with_tenant_id(mut self, id: impl Into<String>) -> Self {
-        self.tenant_id = Some(id.into());
-        self
-    }
-
-    /// Adds one custom key/value.
-    pub fn with_custom(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
-        self.custom.insert(key.into(), value.into());
-        self
-    }
-
-    /// True when no field is set.
-    pub fn is_empty(&self) -> bool {
+impl MetadataFields {
+    fn is_empty(&self) -> bool {
         self.correlation_id.is_none()
             && self.causation_id.is_none()
             && self.user_id.is_none()
             && self.tenant_id.is_none()
             && self.custom.is_empty()
     }
+}
+
+macro_rules! metadata_id {
+    ($field:ident, $get:ident, $set:ident, $with:ident, $what:literal) => {
+        #[doc = concat!("The ", $what, ", if set.")]
+        pub fn $get(&self) -> Option<&str> {
+            self.fields().$field.as_deref()
+        }
+
+        #[doc = concat!("Sets or clears the ", $what, ".")]
+        pub fn $set(&mut self, value: Option<String>) {
+            self.fields_mut().$field = value;
+        }
+
+        #[doc = concat!("Sets the ", $what, ".")]
+        pub fn $with(mut self, value: impl Into<String>) -> Self {
+            self.fields_mut().$field = Some(value.into());
+            self
+        }
+    };
+}
+
+impl Metadata {
+    fn fields(&self) -> &MetadataFields {
+        self.0.as_deref().unwrap_or(&NO_FIELDS)
+    }
+
+    fn fields_mut(&mut self) -> &mut MetadataFields {
+        self.0.get_or_insert_with(Default::default)
+    }
+
+    metadata_id!(
+        correlation_id,
+        correlation_id,
+        set_correlation_id,
+        with_correlation_id,
+        "correlation id (groups every message of one business transaction)"
+    );
+    metadata_id!(
+        causation_id,
+        causation_id,
+        set_causation_id,
+        with_causation_id,
+        "causation id (the message that caused this one)"
+    );
+    metadata_id!(
+        user_id,
+        user_id,
+        set_user_id,
+        with_user_id,
+        "user id (on whose behalf the event was written)"
+    );
+    metadata_id!(
+        tenant_id,
+        tenant_id,
+        set_tenant_id,
+        with_tenant_id,
+        "tenant id"
+    );
+
+    /// The custom key/values.
+    pub fn custom(&self) -> &BTreeMap<String, String> {
+        &self.fields().custom
+    }
+
+    /// One custom value.
+    pub fn custom_value(&self, key: &str) -> Option<&str> {
+        self.fields().custom.get(key).map(String::as_str)
+    }
+
+    /// Sets one custom key/value, returning the previous value.
+    pub fn insert_custom(
+        &mut self,
+        key: impl Into<String>,
+        value: impl Into<String>,
+    ) -> Option<String> {
+        self.fields_mut().custom.insert(key.into(), value.into())
+    }
+
+    /// Removes one custom key, returning its value.
+    pub fn remove_custom(&mut self, key: &str) -> Option<String> {
+        self.0.as_mut().and_then(|f| f.custom.remove(key))
+    }
+
+    /// Adds one custom key/value.
+    pub fn with_custom(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.insert_custom(key, value);
+        self
+    }
+
+    /// True when no field is set.
+    pub fn is_empty(&self) -> bool {
+        self.fields().is_empty()
+    }
 
     /// Fills every field that is unset here from `defaults` (custom keys included).
     pub fn merge_defaults(&mut self, defaults: &Metadata) {
-        fn fill(dst: &mut Option<String>, src: &Option<String>) {
+        if defaults.is_empty() {
+            return;
+        }
+        let d = defaults.fields();
+        let f = self.fields_mut();
+        for (dst, src) in [
+            (&mut f.correlation_id, &d.correlation_id),
+            (&mut f.causation_id, &d.causation_id),
+            (&mut f.user_id, &d.user_id),
+            (&mut f.tenant_id, &d.tenant_id),
+        ] {
             if dst.is_none() {
                 dst.clone_from(src);
             }
         }
-        fill(&mut self.correlation_id, &defaults.correlation_id);
-        fill(&mut self.causation_id, &defaults.causation_id);
-        fill(&mut self.user_id, &defaults.user_id);
-        fill(&mut self.tenant_id, &defaults.tenant_id);
-        for (k, v) in &defaults.custom {
-            self.custom.entry(k.clone()).or_insert_with(|| v.clone());
+        for (k, v) in &d.custom {
+            f.custom.entry(k.clone()).or_insert_with(|| v.clone());
         }
     }
 
@@ -358,7 +511,7 @@ impl Metadata {
             None
         } else {
             // Serializing plain strings into a String cannot fail.
-            serde_json::to_string(self).ok()
+            serde_json::to_string(self.fields()).ok()
         }
     }
 
@@ -367,13 +520,67 @@ impl Metadata {
         serde_json::from_str(json)
     }
 
-    /// The size of the encoded form, in bytes (used for size limits).
-    pub fn encoded_len(&self) -> usize {
-        if self.is_empty() {
-            0
-        } else {
-            self.to_json().map_or(0, |s| s.len())
+    /// An upper bound of the encoded size in bytes, computed without encoding.
+    pub fn approx_encoded_len(&self) -> usize {
+        let f = self.fields();
+        if f.is_empty() {
+            return 0;
         }
+        let opt = |s: &Option<String>| s.as_ref().map_or(0, |s| 2 * s.len() + 20);
+        opt(&f.correlation_id)
+            + opt(&f.causation_id)
+            + opt(&f.user_id)
+            + opt(&f.tenant_id)
+            + f.custom
+                .iter()
+                .map(|(k, v)| 2 * (k.len() + v.len()) + 6)
+                .sum::<usize>()
+            + 12
+    }
+}
+
+impl PartialEq for Metadata {
+    fn eq(&self, other: &Self) -> bool {
+        self.fields() == other.fields()
+    }
+}
+impl Eq for Metadata {}
+
+impl fmt::Debug for Metadata {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = self.fields();
+        let mut d = f.debug_struct("Metadata");
+        for (name, v) in [
+            ("correlation_id", &m.correlation_id),
+            ("causation_id", &m.causation_id),
+            ("user_id", &m.user_id),
+            ("tenant_id", &m.tenant_id),
+        ] {
+            if let Some(v) = v {
+                d.field(name, v);
+            }
+        }
+        if !m.custom.is_empty() {
+            d.field("custom", &m.custom);
+        }
+        d.finish()
+    }
+}
+
+impl Serialize for Metadata {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.fields().serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Metadata {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let f = MetadataFields::deserialize(d)?;
+        Ok(if f.is_empty() {
+            Metadata(None)
+        } else {
+            Metadata(Some(Box::new(f)))
+        })
     }
 }
 
@@ -532,7 +739,13 @@ mod tests {
         let json = m.to_json().unwrap();
         assert!(json.contains("\"correlationId\":\"c\""), "{json}");
         assert_eq!(Metadata::from_json(&json).unwrap(), m);
-        assert_eq!(m.encoded_len(), json.len());
+        assert!(m.approx_encoded_len() >= json.len());
+        assert_eq!(Metadata::from_json("{}").unwrap(), Metadata::default());
+        let mut cleared = Metadata::default().with_user_id("u");
+        cleared.set_user_id(None);
+        assert_eq!(cleared, Metadata::default());
+        assert!(cleared.is_empty());
+        assert_eq!(std::mem::size_of::<Metadata>(), 8);
     }
 
     #[test]
@@ -546,10 +759,10 @@ mod tests {
             .with_custom("k", "theirs")
             .with_custom("k2", "v2");
         m.merge_defaults(&d);
-        assert_eq!(m.user_id.as_deref(), Some("mine"));
-        assert_eq!(m.tenant_id.as_deref(), Some("t"));
-        assert_eq!(m.custom["k"], "mine");
-        assert_eq!(m.custom["k2"], "v2");
+        assert_eq!(m.user_id(), Some("mine"));
+        assert_eq!(m.tenant_id(), Some("t"));
+        assert_eq!(m.custom_value("k"), Some("mine"));
+        assert_eq!(m.custom_value("k2"), Some("v2"));
     }
 
     #[test]
@@ -557,7 +770,24 @@ mod tests {
         let a = EventId::new();
         let b = EventId::new();
         assert_eq!(a.as_uuid().get_version_num(), 7);
+        assert_eq!(a.as_uuid().get_variant(), uuid::Variant::RFC4122);
         assert!(a < b);
+        let ts = a.as_uuid().get_timestamp().unwrap().to_unix();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert!(ts.0.abs_diff(now) <= 2, "timestamp is now: {ts:?} vs {now}");
+        let many: Vec<EventId> = (0..100_000).map(|_| EventId::new()).collect();
+        assert!(
+            many.windows(2).all(|w| w[0] < w[1]),
+            "strictly increasing per thread"
+        );
+        let other = std::thread::spawn(|| (0..1000).map(|_| EventId::new()).collect::<Vec<_>>())
+            .join()
+            .unwrap();
+        let all: std::collections::HashSet<EventId> = many.iter().chain(&other).copied().collect();
+        assert_eq!(all.len(), 101_000, "unique across threads");
         assert_eq!(EventId::from_slice(a.as_bytes()), Some(a));
         assert_eq!(EventId::from_slice(&[1, 2]), None);
     }

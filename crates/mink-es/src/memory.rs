@@ -12,7 +12,7 @@ use parking_lot::{Mutex, RwLock};
 use crate::snapshot::{CheckpointStore, Snapshot, SnapshotStore};
 use crate::store::{
     AppendResult, FeedFilter, FeedNotifier, FeedPage, FeedReader, FeedSignal, StoreLimits,
-    StreamInfo, StreamReader, StreamWriter, check_idempotent_repeat, validate_append,
+    StreamInfo, StreamReader, StreamWriter, check_idempotent_repeat, validate_append_fields,
 };
 use crate::{
     Error, EventId, ExpectedVersion, NewEvent, Position, Result, StoredEvent, StreamId, now_micros,
@@ -53,10 +53,52 @@ struct Inner {
     checkpoints: Mutex<HashMap<String, Position>>,
 }
 
+/// Events per chunk of the log. Chunks never move once allocated, so the log grows
+/// without copying what it holds.
+const CHUNK: usize = 4096;
+
+/// The global feed, in fixed-size chunks; position n is at index n - 1.
+#[derive(Default)]
+struct Log {
+    chunks: Vec<Vec<StoredEvent>>,
+    len: usize,
+}
+
+impl Log {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn get(&self, i: usize) -> &StoredEvent {
+        &self.chunks[i / CHUNK][i % CHUNK]
+    }
+
+    fn get_mut(&mut self, i: usize) -> &mut StoredEvent {
+        &mut self.chunks[i / CHUNK][i % CHUNK]
+    }
+
+    fn push(&mut self, e: StoredEvent) {
+        if self.len % CHUNK == 0 {
+            self.chunks.push(Vec::with_capacity(CHUNK));
+        }
+        if let Some(chunk) = self.chunks.last_mut() {
+            chunk.push(e);
+            self.len += 1;
+        }
+    }
+
+    fn iter_from(&self, start: usize) -> impl Iterator<Item = &StoredEvent> {
+        self.chunks
+            .iter()
+            .skip(start / CHUNK)
+            .flatten()
+            .skip(start % CHUNK)
+    }
+}
+
 #[derive(Default)]
 struct State {
-    /// The global feed; position n is at index n - 1.
-    log: Vec<StoredEvent>,
+    log: Log,
     /// Log indices of each stream's events, in version order.
     streams: FastMap<StreamId, Vec<usize>>,
     /// Log index of each event id.
@@ -101,7 +143,7 @@ impl MemoryStore {
             .and_then(|v| v.get((version as usize).wrapping_sub(1)).copied());
         match idx {
             Some(i) => {
-                st.log[i].payload = payload;
+                st.log.get_mut(i).payload = payload;
                 true
             }
             None => false,
@@ -119,7 +161,7 @@ impl State {
     fn stored_for(&self, events: &[NewEvent]) -> Vec<StoredEvent> {
         events
             .iter()
-            .map_while(|e| self.ids.get(&e.id).map(|&i| self.log[i].clone()))
+            .map_while(|e| self.ids.get(&e.id).map(|&i| self.log.get(i).clone()))
             .collect()
     }
 }
@@ -131,15 +173,15 @@ impl StreamWriter for MemoryStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<AppendResult> {
-        validate_append(stream, &events, &self.inner.limits)?;
+        validate_append_fields(stream, &events, &self.inner.limits)?;
         let result = {
             let mut guard = self.inner.state.write();
-            let st = &mut *guard;
+            let State { log, streams, ids } = &mut *guard;
 
-            if st.ids.contains_key(&events[0].id) {
-                let stored = st.stored_for(&events);
+            if ids.contains_key(&events[0].id) {
+                let stored = guard.stored_for(&events);
                 check_idempotent_repeat(stream, expected, &events, &stored)?;
-                let version = st.stream_version(stream);
+                let version = guard.stream_version(stream);
                 return Ok(AppendResult {
                     stream_id: stream.clone(),
                     events: stored,
@@ -148,7 +190,8 @@ impl StreamWriter for MemoryStore {
                 });
             }
 
-            let current = st.stream_version(stream);
+            let stream_events = streams.get_mut(stream);
+            let current = stream_events.as_ref().map_or(0, |v| v.len() as u64);
             if !expected.accepts(current) {
                 return Err(Error::Conflict {
                     stream: stream.clone(),
@@ -156,44 +199,60 @@ impl StreamWriter for MemoryStore {
                     actual: current,
                 });
             }
-            if let Some(dup) = events.iter().find(|e| st.ids.contains_key(&e.id)) {
-                let existing = &st.log[st.ids[&dup.id]];
-                return Err(Error::DuplicateEventId {
-                    event_id: dup.id,
-                    stream: stream.clone(),
-                    existing_stream: existing.stream_id.clone(),
-                    existing_version: existing.version,
-                });
+
+            // Claim the ids; an id already stored (or given twice) undoes the claims.
+            let first_index = log.len();
+            let n = events.len();
+            ids.reserve(n);
+            for (i, e) in events.iter().enumerate() {
+                if let Some(prev) = ids.insert(e.id, first_index + i) {
+                    ids.insert(e.id, prev);
+                    for undo in &events[..i] {
+                        ids.remove(&undo.id);
+                    }
+                    if events[..i].iter().any(|u| u.id == e.id) {
+                        return Err(Error::DuplicateEventIdInAppend {
+                            event_id: e.id,
+                            stream: stream.clone(),
+                        });
+                    }
+                    let existing = log.get(prev);
+                    return Err(Error::DuplicateEventId {
+                        event_id: e.id,
+                        stream: stream.clone(),
+                        existing_stream: existing.stream_id.clone(),
+                        existing_version: existing.version,
+                    });
+                }
             }
 
             let recorded_at = now_micros();
-            let first_index = st.log.len();
-            let n = events.len();
-            st.log.reserve(n);
-            st.ids.reserve(n);
+            let mut stored = Vec::with_capacity(n);
             for (i, e) in events.into_iter().enumerate() {
-                let index = first_index + i;
-                st.ids.insert(e.id, index);
-                st.log.push(StoredEvent {
+                let event = StoredEvent {
                     id: e.id,
                     stream_id: stream.clone(),
                     version: current + 1 + i as u64,
-                    position: Position::new(0, index as u64 + 1),
+                    position: Position::new(0, (first_index + i) as u64 + 1),
                     event_type: e.event_type,
                     schema_version: e.schema_version,
                     codec: e.codec,
                     payload: e.payload,
                     metadata: e.metadata,
                     recorded_at,
-                });
+                };
+                stored.push(event.clone());
+                log.push(event);
             }
-            st.streams
-                .entry(stream.clone())
-                .or_default()
-                .extend(first_index..first_index + n);
+            match stream_events {
+                Some(v) => v.extend(first_index..first_index + n),
+                None => {
+                    streams.insert(stream.clone(), (first_index..first_index + n).collect());
+                }
+            }
             AppendResult {
                 stream_id: stream.clone(),
-                events: st.log[first_index..].to_vec(),
+                events: stored,
                 version: current + n as u64,
                 deduplicated: false,
             }
@@ -219,7 +278,7 @@ impl StreamReader for MemoryStore {
             .iter()
             .skip(skip)
             .take(limit)
-            .map(|&i| st.log[i].clone())
+            .map(|&i| st.log.get(i).clone())
             .collect())
     }
 
@@ -230,8 +289,8 @@ impl StreamReader for MemoryStore {
     async fn stream_info(&self, stream: &StreamId) -> Result<Option<StreamInfo>> {
         let st = self.inner.state.read();
         Ok(st.streams.get(stream).and_then(|indices| {
-            let first = &st.log[*indices.first()?];
-            let last = &st.log[*indices.last()?];
+            let first = st.log.get(*indices.first()?);
+            let last = st.log.get(*indices.last()?);
             Some(StreamInfo {
                 stream_id: stream.clone(),
                 version: last.version,
@@ -261,7 +320,7 @@ impl FeedReader for MemoryStore {
         };
         let mut events = Vec::new();
         let mut next = after;
-        for e in &st.log[start..] {
+        for e in st.log.iter_from(start) {
             if events.len() >= limit {
                 break;
             }
