@@ -78,7 +78,7 @@ impl Log {
     }
 
     fn push(&mut self, e: StoredEvent) {
-        if self.len % CHUNK == 0 {
+        if self.len.is_multiple_of(CHUNK) {
             self.chunks.push(Vec::with_capacity(CHUNK));
         }
         if let Some(chunk) = self.chunks.last_mut() {
