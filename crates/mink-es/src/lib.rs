@@ -47,6 +47,7 @@
 
 pub mod aggregate;
 pub mod codec;
+pub mod command;
 pub mod error;
 pub mod event;
 pub mod memory;

@@ -296,6 +296,10 @@ impl<A: Aggregate, S: EventStore, C: Codec, Snap: SnapshotStrategy<A>> Repositor
 
     /// Saves the recorded events with `metadata` on each.
     ///
+    /// Inside a command handler, the command's event metadata (correlation, causation,
+    /// user, tenant) fills whatever `metadata` leaves unset (see
+    /// [`crate::command::ambient_metadata`]).
+    ///
     /// On [`Error::Conflict`] another writer got there first: reload and decide again.
     /// Each recorded event keeps its id across attempts, so retrying after a transient
     /// failure cannot store the events twice. Saving with nothing recorded is a no-op.
@@ -314,6 +318,10 @@ impl<A: Aggregate, S: EventStore, C: Codec, Snap: SnapshotStrategy<A>> Repositor
             });
         }
         let tag = self.codec.tag();
+        let mut metadata = metadata.clone();
+        if let Some(ambient) = crate::command::ambient_metadata() {
+            metadata.merge_defaults(&ambient);
+        }
         let events = root
             .uncommitted_with_ids()
             .iter()
