@@ -347,14 +347,30 @@ pub async fn append_is_atomic<F: StoreFactory>(f: &F) {
         .await
         .unwrap();
 
-    // The last event reuses an id stored in another stream.
-    let mut batch = evs("E", 0..5);
-    batch[4].id = taken.events[0].id;
-    let err = store
-        .append(&stream, ExpectedVersion::Any, batch)
-        .await
-        .unwrap_err();
-    assert!(matches!(err, Error::DuplicateEventId { .. }), "got {err:?}");
+    // A middle event, then the last one, reuses an id stored in another stream: the
+    // error names that id and where it is stored, not an event of the refused batch.
+    for at in [2usize, 4] {
+        let mut batch = evs("E", 0..5);
+        batch[at].id = taken.events[0].id;
+        let err = store
+            .append(&stream, ExpectedVersion::Any, batch)
+            .await
+            .unwrap_err();
+        match err {
+            Error::DuplicateEventId {
+                event_id,
+                stream: s,
+                existing_stream,
+                existing_version,
+            } => {
+                assert_eq!(event_id, taken.events[0].id);
+                assert_eq!(s, stream);
+                assert_eq!(existing_stream, sid("Other-1"));
+                assert_eq!(existing_version, 1);
+            }
+            other => panic!("expected DuplicateEventId, got {other:?}"),
+        }
+    }
     // The last event has an invalid type name.
     let mut batch = evs("E", 0..5);
     batch[4] = NewEvent::new("has space", "{}");

@@ -8,6 +8,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod command_stores;
 pub mod conformance;
 pub mod fixture;
 pub mod services;

@@ -24,3 +24,22 @@ impl StoreFactory for MemoryFactory {
 }
 
 mink_testing::conformance_tests!(async { Some(MemoryFactory) });
+
+struct MemoryCommandStores;
+
+impl mink_testing::command_stores::CommandStoreFactory for MemoryCommandStores {
+    type Idempotency = mink_es::command::idempotency::MemoryIdempotencyStore;
+    type Audit = mink_es::command::audit::MemoryAuditStore;
+
+    async fn idempotency(&self) -> Self::Idempotency {
+        Default::default()
+    }
+
+    async fn audit(&self) -> Self::Audit {
+        Default::default()
+    }
+}
+
+mod command_stores {
+    mink_testing::command_store_tests!(async { Some(super::MemoryCommandStores) });
+}

@@ -1,0 +1,61 @@
+//! # mink-sqlite
+//!
+//! The embedded default event store of mink: every store trait of [`mink_es`]
+//! ([`StreamWriter`](mink_es::StreamWriter), [`StreamReader`](mink_es::StreamReader),
+//! [`FeedReader`](mink_es::FeedReader), [`SnapshotStore`](mink_es::SnapshotStore),
+//! [`CheckpointStore`](mink_es::CheckpointStore)) on one SQLite file, with the same
+//! semantics as [`mink_es::MemoryStore`].
+//!
+//! ```
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! use mink_es::{ExpectedVersion, FeedFilter, FeedReader, NewEvent, Position, StreamId, StreamWriter};
+//! use mink_sqlite::SqliteStore;
+//!
+//! let dir = tempfile::tempdir().unwrap();
+//! let store = SqliteStore::open(dir.path().join("events.db"))?;
+//! let stream = StreamId::new("Order-1")?;
+//! let res = store
+//!     .append(&stream, ExpectedVersion::NoStream, vec![NewEvent::new("OrderPlaced", r#"{"total":10}"#)])
+//!     .await?;
+//! assert_eq!(res.version, 1);
+//! let page = store.read_feed(Position::START, 100, &FeedFilter::all().category("Order")).await?;
+//! assert_eq!(page.events.len(), 1);
+//! # Ok::<(), mink_es::Error>(())
+//! # });
+//! ```
+//!
+//! ## Storage
+//!
+//! * The file is in WAL mode, so readers never block the writer nor each other.
+//!   `synchronous=NORMAL` by default: a committed append survives a crash of the process
+//!   (even `kill -9`); a power loss may lose the last few commits but never corrupts the
+//!   file. [`Synchronous::Full`] makes every commit durable against power loss too.
+//! * The schema is created and upgraded by versioned [`migrations`] when the store is
+//!   opened. A file written by a newer version of this crate is refused
+//!   (see [`SchemaTooNew`]).
+//! * Events live in one table `mink_events` whose `position` (the SQLite rowid) is the
+//!   global feed position ([`mink_es::Position::new`]`(0, position)`). JSON payloads are
+//!   stored as TEXT, so SQLite's JSON functions can query them.
+//!
+//! ## Execution model
+//!
+//! Every call runs its SQL synchronously on the calling thread (there is no thread hop
+//! and no background task): one writer connection behind a mutex for appends and other
+//! writes, and a small pool of read connections for reads. Each call is a few short
+//! statements against a local file, so it blocks the async runtime only briefly, much
+//! like a short synchronous lock. The writer lock is never held across an `.await`.
+//!
+//! Other processes may open the same file; writers then take turns (waiting up to
+//! [`SqliteConfig::busy_timeout`]), and subscriptions in this process see their events
+//! by polling.
+
+mod config;
+mod error;
+mod row;
+mod schema;
+mod store;
+
+pub use config::{SqliteConfig, Synchronous};
+pub use error::SchemaTooNew;
+pub use schema::{LATEST_SCHEMA_VERSION, Migration, migrations};
+pub use store::SqliteStore;
