@@ -2,7 +2,8 @@
 //!
 //! It implements every store trait with the same semantics as the durable adapters
 //! (it passes the same conformance suite), under one reader/writer lock. Nothing
-//! survives the process.
+//! survives the process. Its `recorded_at` times come from the coarse clock on Linux
+//! (millisecond resolution), which keeps appends cheap.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,9 +15,7 @@ use crate::store::{
     AppendResult, FeedFilter, FeedNotifier, FeedPage, FeedReader, FeedSignal, StoreLimits,
     StreamInfo, StreamReader, StreamWriter, check_idempotent_repeat, validate_append_fields,
 };
-use crate::{
-    Error, EventId, ExpectedVersion, NewEvent, Position, Result, StoredEvent, StreamId, now_micros,
-};
+use crate::{Error, EventId, ExpectedVersion, NewEvent, Position, Result, StoredEvent, StreamId};
 
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
@@ -226,7 +225,7 @@ impl StreamWriter for MemoryStore {
                 }
             }
 
-            let recorded_at = now_micros();
+            let recorded_at = crate::event::now_coarse();
             let mut stored = Vec::with_capacity(n);
             for (i, e) in events.into_iter().enumerate() {
                 let event = StoredEvent {
