@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use mink_es::Error;
+use mink_es::{BoxError, Error};
 use rusqlite::ErrorCode;
 
 /// Maps every rusqlite error to a [`mink_es::Error::Backend`].
@@ -26,6 +26,42 @@ pub(crate) fn is_constraint_violation(e: &rusqlite::Error) -> bool {
 /// success but that the store cannot accept).
 pub(crate) fn backend_msg(msg: impl Into<String>) -> Error {
     Error::backend(false, Message(msg.into()))
+}
+
+/// Says what failed: wraps the source of a [`Error::Backend`] in `what` (keeping
+/// whether it is transient). Other errors pass through: they name what was wrong.
+///
+/// The wrapped error displays as `{what}: {source}` and keeps the driver's error as
+/// its [`source`](std::error::Error::source), so it can still be downcast.
+pub(crate) fn context(e: Error, what: impl FnOnce() -> String) -> Error {
+    match e {
+        Error::Backend { transient, source } => Error::backend(
+            transient,
+            Context {
+                what: what(),
+                source,
+            },
+        ),
+        other => other,
+    }
+}
+
+#[derive(Debug)]
+struct Context {
+    what: String,
+    source: BoxError,
+}
+
+impl fmt::Display for Context {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.what, self.source)
+    }
+}
+
+impl std::error::Error for Context {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.source)
+    }
 }
 
 #[derive(Debug)]
@@ -105,5 +141,23 @@ mod tests {
             }
         ));
         assert!(!map_err(rusqlite::Error::QueryReturnedNoRows).is_retryable());
+    }
+
+    #[test]
+    fn context_says_what_failed_and_keeps_the_driver_error() {
+        let busy = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+            None,
+        );
+        let e = context(map_err(busy), || "claiming key \"k\"".to_owned());
+        assert!(e.is_retryable(), "still transient");
+        assert!(e.to_string().contains("claiming key \"k\": "), "{e}");
+        let Error::Backend { source, .. } = &e else {
+            panic!("not a backend error: {e:?}")
+        };
+        let driver = std::error::Error::source(&**source);
+        assert!(driver.is_some_and(|d| d.downcast_ref::<rusqlite::Error>().is_some()));
+        let other = context(Error::Closed, || "unused".to_owned());
+        assert!(matches!(other, Error::Closed));
     }
 }

@@ -4,7 +4,9 @@
 //! ([`StreamWriter`](mink_es::StreamWriter), [`StreamReader`](mink_es::StreamReader),
 //! [`FeedReader`](mink_es::FeedReader), [`SnapshotStore`](mink_es::SnapshotStore),
 //! [`CheckpointStore`](mink_es::CheckpointStore)) on one SQLite file, with the same
-//! semantics as [`mink_es::MemoryStore`].
+//! semantics as [`mink_es::MemoryStore`] — and, in the same file, the command bus's
+//! stores: [`SqliteIdempotencyStore`] and [`SqliteAuditStore`] (see
+//! [Command stores](#command-stores)).
 //!
 //! ```
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
@@ -36,6 +38,61 @@
 //! * Events live in one table `mink_events` whose `position` (the SQLite rowid) is the
 //!   global feed position ([`mink_es::Position::new`]`(0, position)`). JSON payloads are
 //!   stored as TEXT, so SQLite's JSON functions can query them.
+//! * Idempotency keys live in `mink_idempotency` (one row per key: its state,
+//!   `reserved` or `completed`, the reservation token, the stored result and when the
+//!   row expires, in unix microseconds) and the audit log in `mink_audit` (one row per
+//!   entry, indexed by time, by user and by command type, each in `(started_at, id)`
+//!   order).
+//!
+//! ## Command stores
+//!
+//! [`SqliteStore::idempotency_store`] and [`SqliteStore::audit_store`] give the stores
+//! the [`Idempotency`](mink_es::command::idempotency::Idempotency) and
+//! [`Audit`](mink_es::command::audit::Audit) middleware need, kept in the store's file
+//! and sharing its connections. A claim on an idempotency key is atomic across every
+//! handle and process using the file, so a duplicate command runs once even when two
+//! processes receive it at the same time.
+//!
+//! ```
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! use mink_es::command::audit::{Audit, AuditQuery, AuditStore};
+//! use mink_es::command::idempotency::Idempotency;
+//! use mink_es::command::{Command, CommandBus, CommandContext, CommandError};
+//! use mink_es::Metadata;
+//! use mink_sqlite::SqliteStore;
+//!
+//! #[derive(serde::Serialize, Clone)]
+//! struct Greet { name: String, request: String }
+//!
+//! impl Command for Greet {
+//!     const NAME: &'static str = "Greet";
+//!     type Output = String;
+//!     fn idempotency_key(&self) -> Option<String> { Some(self.request.clone()) }
+//! }
+//!
+//! let dir = tempfile::tempdir().unwrap();
+//! let store = SqliteStore::open(dir.path().join("app.db"))?;
+//! let mut bus = CommandBus::new();
+//! bus.use_middleware(Audit::new(store.audit_store()).fail_closed());
+//! bus.use_middleware(Idempotency::new(store.idempotency_store()));
+//! bus.register(|g: Greet, _ctx: CommandContext| async move {
+//!     Ok::<_, CommandError>(format!("hello, {}", g.name))
+//! })?;
+//!
+//! let ada = || CommandContext::new().with_metadata(Metadata::default().with_user_id("ada"));
+//! let greet = Greet { name: "ada".into(), request: "req-1".into() };
+//! assert_eq!(bus.dispatch_with(greet.clone(), ada()).await?, "hello, ada");
+//! // A duplicate gets the stored result; the handler does not run again.
+//! assert_eq!(bus.dispatch_with(greet, ada()).await?, "hello, ada");
+//!
+//! let entries = store
+//!     .audit_store()
+//!     .query(&AuditQuery { user_id: Some("ada".into()), ..Default::default() })
+//!     .await?;
+//! assert_eq!(entries.len(), 4, "a started and a final entry per dispatch");
+//! # Ok::<(), mink_es::BoxError>(())
+//! # });
+//! ```
 //!
 //! ## Execution model
 //!
@@ -49,12 +106,14 @@
 //! [`SqliteConfig::busy_timeout`]), and subscriptions in this process see their events
 //! by polling.
 
+mod command;
 mod config;
 mod error;
 mod row;
 mod schema;
 mod store;
 
+pub use command::{SqliteAuditStore, SqliteIdempotencyStore};
 pub use config::{SqliteConfig, Synchronous};
 pub use error::SchemaTooNew;
 pub use schema::{LATEST_SCHEMA_VERSION, Migration, migrations};

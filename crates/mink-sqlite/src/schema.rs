@@ -76,6 +76,44 @@ const MIGRATIONS: &[Migration] = &[
             );
         ",
     },
+    Migration {
+        version: 3,
+        name: "idempotency keys and audit log",
+        sql: "
+            CREATE TABLE mink_idempotency (
+                key        TEXT    PRIMARY KEY,
+                state      TEXT    NOT NULL CHECK (state IN ('reserved', 'completed')),
+                token      BLOB    NOT NULL,
+                output     BLOB,
+                expires_at INTEGER NOT NULL,
+                CHECK ((state = 'completed') = (output IS NOT NULL))
+            );
+            CREATE INDEX mink_idempotency_expires_at ON mink_idempotency (expires_at);
+            CREATE TABLE mink_audit (
+                seq            INTEGER PRIMARY KEY,
+                id             BLOB    NOT NULL,
+                command_id     BLOB    NOT NULL,
+                command        TEXT    NOT NULL,
+                aggregate_id   TEXT,
+                user_id        TEXT,
+                tenant_id      TEXT,
+                correlation_id TEXT,
+                outcome        TEXT    NOT NULL
+                               CHECK (outcome IN ('started', 'succeeded', 'failed')),
+                error_kind     TEXT,
+                error_message  TEXT,
+                started_at     INTEGER NOT NULL,
+                duration_us    INTEGER NOT NULL,
+                CHECK (CASE outcome
+                           WHEN 'failed' THEN error_kind IS NOT NULL AND error_message IS NOT NULL
+                           ELSE error_kind IS NULL AND error_message IS NULL
+                       END)
+            );
+            CREATE INDEX mink_audit_by_time ON mink_audit (started_at, id);
+            CREATE INDEX mink_audit_by_user ON mink_audit (user_id, started_at, id);
+            CREATE INDEX mink_audit_by_command ON mink_audit (command, started_at, id);
+        ",
+    },
 ];
 
 /// The schema version a freshly opened store is at: the version of the last migration.

@@ -183,8 +183,13 @@ impl SqliteStore {
         Ok(changed > 0)
     }
 
+    /// The writer connection, locked. Hold the guard only inside synchronous code.
+    pub(crate) fn writer(&self) -> parking_lot::MutexGuard<'_, Connection> {
+        self.inner.writer.lock()
+    }
+
     /// Runs `f` on a read connection (the writer's when there are none).
-    fn with_reader<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+    pub(crate) fn with_reader<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
         let readers = &self.inner.readers;
         let n = readers.len();
         if n == 0 {
@@ -591,19 +596,19 @@ fn duplicate_error(
 
 /// A `BEGIN IMMEDIATE` transaction on the writer connection, rolled back when dropped
 /// uncommitted (an early return, an error, a panic).
-struct WriteTx<'c> {
+pub(crate) struct WriteTx<'c> {
     conn: &'c Connection,
 }
 
 impl<'c> WriteTx<'c> {
-    fn begin(conn: &'c Connection) -> Result<Self> {
+    pub(crate) fn begin(conn: &'c Connection) -> Result<Self> {
         conn.prepare_cached("BEGIN IMMEDIATE")
             .and_then(|mut s| s.execute([]))
             .map_err(map_err)?;
         Ok(WriteTx { conn })
     }
 
-    fn commit(self) -> Result<()> {
+    pub(crate) fn commit(self) -> Result<()> {
         // On failure, `self` is dropped and rolls back whatever is left open.
         self.conn
             .prepare_cached("COMMIT")
@@ -621,7 +626,7 @@ impl Drop for WriteTx<'_> {
                 .prepare_cached("ROLLBACK")
                 .and_then(|mut s| s.execute([]));
             if let Err(e) = res {
-                tracing::warn!(error = %e, "rollback of a mink-sqlite append failed");
+                tracing::warn!(error = %e, "rollback of a mink-sqlite write transaction failed");
             }
         }
     }

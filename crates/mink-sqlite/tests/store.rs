@@ -84,7 +84,13 @@ fn fresh_open_creates_the_latest_schema_in_wal_mode() {
         .query_row("PRAGMA journal_mode", [], |r| r.get(0))
         .unwrap();
     assert_eq!(mode, "wal");
-    for table in ["mink_events", "mink_snapshots", "mink_checkpoints"] {
+    for table in [
+        "mink_events",
+        "mink_snapshots",
+        "mink_checkpoints",
+        "mink_idempotency",
+        "mink_audit",
+    ] {
         assert_eq!(count_rows(&path, table), 0, "{table} exists and is empty");
     }
 }

@@ -63,6 +63,17 @@ pub async fn idempotency_claims_and_results<F: CommandStoreFactory>(f: &F) {
     let s = f.idempotency().await;
     let t = token(s.claim("Cmd:a", LONG).await.unwrap());
     assert_eq!(s.claim("Cmd:a", LONG).await.unwrap(), Claim::InProgress);
+    // A time-to-live too large to represent means "forever", not a failure.
+    let forever = token(s.claim("Cmd:forever", Duration::MAX).await.unwrap());
+    assert!(
+        s.complete("Cmd:forever", forever, b"1", Duration::MAX)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        s.claim("Cmd:forever", Duration::MAX).await.unwrap(),
+        Claim::Completed(b"1".to_vec())
+    );
     let other = format!("Cmd:{}-ü-{}", "k".repeat(300), "🦀");
     let t_other = token(s.claim(&other, LONG).await.unwrap());
     assert!(s.complete("Cmd:a", t, br#"{"v":1}"#, LONG).await.unwrap());
@@ -118,7 +129,9 @@ pub async fn idempotency_reservations_and_results_expire<F: CommandStoreFactory>
     let t = token(s.claim("Cmd:d", LONG).await.unwrap());
     assert!(s.complete("Cmd:d", t, b"kept", LONG).await.unwrap());
     tokio::time::sleep(Duration::from_millis(700)).await;
-    assert!(s.purge_expired().await.unwrap() >= 1);
+    // Expired: the result of Cmd:c. Kept: Cmd:d.
+    assert_eq!(s.purge_expired().await.unwrap(), 1);
+    assert_eq!(s.purge_expired().await.unwrap(), 0);
     assert!(
         matches!(s.claim("Cmd:c", LONG).await.unwrap(), Claim::Reserved(_)),
         "expired results free the key"

@@ -235,8 +235,13 @@ impl Entry {
     }
 }
 
+/// Now plus `d`, saturating at the latest representable time (a huge time-to-live
+/// means "forever", never a panic).
 fn later(d: Duration) -> DateTime<Utc> {
-    Utc::now() + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+    chrono::Duration::from_std(d)
+        .ok()
+        .and_then(|d| Utc::now().checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 /// An in-memory [`IdempotencyStore`], for tests and single-process use.
