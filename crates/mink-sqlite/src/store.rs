@@ -60,10 +60,13 @@ struct Inner {
     path: PathBuf,
     config: SqliteConfig,
     schema_version: u32,
+    /// Read-only connections (WAL lets them read while the writer writes). Declared
+    /// before the writer so that they close first: the last connection to close folds
+    /// the write-ahead log back into the database file and deletes it, which only a
+    /// connection that can write may do.
+    readers: Vec<Mutex<Connection>>,
     /// The one connection that writes. Locked only inside synchronous code.
     writer: Mutex<Connection>,
-    /// Read-only connections (WAL lets them read while the writer writes).
-    readers: Vec<Mutex<Connection>>,
     next_reader: AtomicUsize,
     notifier: FeedNotifier,
 }

@@ -952,3 +952,45 @@ async fn two_handles_on_one_file_take_turns() {
     assert_eq!([ra.is_ok(), rb.is_ok()].iter().filter(|ok| **ok).count(), 1);
     assert!(ra.err().or(rb.err()).is_some_and(|e| e.is_conflict()));
 }
+
+/// Dropping the last handle checkpoints the write-ahead log into the database file and
+/// removes it, so a closed store is one self-contained file.
+#[tokio::test]
+async fn closing_the_store_folds_the_wal_into_the_file() {
+    use mink_es::prelude::*;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fold.db");
+    {
+        let store = mink_sqlite::SqliteStore::open(&path).unwrap();
+        let stream = mink_es::StreamId::new("Fold-1").unwrap();
+        for i in 0..50 {
+            store
+                .append(
+                    &stream,
+                    mink_es::ExpectedVersion::Any,
+                    vec![mink_es::NewEvent::json("E", &serde_json::json!({ "i": i })).unwrap()],
+                )
+                .await
+                .unwrap();
+        }
+        let other_handle = store.clone();
+        drop(store);
+        assert!(
+            path.with_extension("db-wal").exists(),
+            "open: the log is in use"
+        );
+        drop(other_handle);
+    }
+    let wal = path.with_extension("db-wal");
+    assert!(
+        !wal.exists() || std::fs::metadata(&wal).unwrap().len() == 0,
+        "the write-ahead log was folded back"
+    );
+    let conn =
+        rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    let n: i64 = conn
+        .query_row("SELECT COUNT(*) FROM mink_events", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 50);
+}
