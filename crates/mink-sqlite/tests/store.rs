@@ -973,6 +973,14 @@ async fn closing_the_store_folds_the_wal_into_the_file() {
                 .await
                 .unwrap();
         }
+        // Use every read connection, so that each has the log open.
+        for _ in 0..8 {
+            let page = store
+                .read_feed(mink_es::Position::START, 10, &mink_es::FeedFilter::all())
+                .await
+                .unwrap();
+            assert_eq!(page.events.len(), 10);
+        }
         let other_handle = store.clone();
         drop(store);
         assert!(
