@@ -160,13 +160,14 @@ impl Audit {
 
 fn record(
     dispatch: &Dispatch,
+    id: crate::EventId,
     started_at: DateTime<Utc>,
     outcome: AuditOutcome,
     duration_us: u64,
 ) -> AuditRecord {
     let md = dispatch.context().metadata();
     AuditRecord {
-        id: *crate::EventId::new().as_uuid(),
+        id: *id.as_uuid(),
         command_id: dispatch.context().command_id(),
         command: dispatch.command().name().to_owned(),
         aggregate_id: dispatch.command().aggregate_id(),
@@ -187,9 +188,13 @@ impl Middleware for Audit {
     ) -> BoxFuture<'static, Result<Reply, CommandError>> {
         Box::pin(async move {
             let started_at = crate::now_micros();
+            // Both ids come from this thread, in this order: the entries of one command
+            // sort `Started` first even though they share `started_at`.
+            let started_id = crate::EventId::new();
+            let final_id = crate::EventId::new();
             let audited = dispatch.clone();
             if self.fail_closed {
-                let started = record(&audited, started_at, AuditOutcome::Started, 0);
+                let started = record(&audited, started_id, started_at, AuditOutcome::Started, 0);
                 if let Err(source) = self.store.append(&started).await {
                     return Err(CommandError::AuditUnavailable { source });
                 }
@@ -204,7 +209,7 @@ impl Middleware for Audit {
                     message: e.to_string(),
                 },
             };
-            let entry = record(&audited, started_at, outcome, duration_us);
+            let entry = record(&audited, final_id, started_at, outcome, duration_us);
             if let Err(e) = self.store.append(&entry).await {
                 tracing::error!(command = entry.command, command_id = %entry.command_id, error = %e, "cannot write the audit record of a finished command");
             }

@@ -313,6 +313,10 @@ impl Middleware for Correlation {
         if md.correlation_id().is_none() {
             md.set_correlation_id(Some(crate::EventId::new().to_string()));
         }
+        // An enclosing `Tracing` span declared the field before the id existed.
+        if let Some(id) = md.correlation_id() {
+            tracing::Span::current().record("mink.correlation_id", id);
+        }
         if user.is_some() {
             md.set_user_id(user);
         }
@@ -355,9 +359,16 @@ impl Middleware for Timeout {
     }
 }
 
-/// Retries a dispatch that failed with a concurrency conflict (or a transient store
-/// error), with exponential backoff, full jitter and a cap on attempts. The handler
-/// runs again from the start, so an aggregate handler re-loads the aggregate.
+/// Retries a dispatch that failed with a concurrency conflict, with exponential
+/// backoff, full jitter and a cap on attempts. The handler runs again from the start,
+/// so an aggregate handler re-loads the aggregate and decides again.
+///
+/// Transient store errors (a lost connection, a busy database) are *not* retried by
+/// default: the failed attempt may have committed before its reply was lost, and a
+/// handler that decides again would apply the command twice. Turn them on with
+/// [`Retry::transient_errors`] only for handlers that are idempotent on their own
+/// (aggregate handlers registered with `register_aggregate` already re-send the same
+/// save, with the same event ids, when a save fails transiently).
 #[derive(Clone, Debug)]
 pub struct Retry {
     /// Attempts in total, including the first (at least 1). Default 5.
@@ -366,6 +377,8 @@ pub struct Retry {
     pub base_delay: Duration,
     /// The longest backoff. Default 1 s.
     pub max_delay: Duration,
+    /// Also retry transient store errors. Default false.
+    pub retry_transient: bool,
 }
 
 impl Default for Retry {
@@ -374,6 +387,7 @@ impl Default for Retry {
             max_attempts: 5,
             base_delay: Duration::from_millis(10),
             max_delay: Duration::from_secs(1),
+            retry_transient: false,
         }
     }
 }
@@ -385,6 +399,25 @@ impl Retry {
             max_attempts: max_attempts.max(1),
             ..Retry::default()
         }
+    }
+
+    /// Also retries transient store errors (see the type's docs for when that is safe).
+    pub fn transient_errors(mut self) -> Self {
+        self.retry_transient = true;
+        self
+    }
+
+    /// Whether this policy retries `error`.
+    pub fn retries(&self, error: &crate::Error) -> bool {
+        error.is_conflict()
+            || (self.retry_transient
+                && matches!(
+                    error,
+                    crate::Error::Backend {
+                        transient: true,
+                        ..
+                    }
+                ))
     }
 
     /// The upper bound of the backoff before attempt `attempt + 1`.
@@ -408,7 +441,7 @@ impl Middleware for Retry {
                 d.context_mut().set_attempt(attempt);
                 match next.clone().run(d).await {
                     Err(CommandError::Store(e))
-                        if e.is_retryable() && attempt < self.max_attempts =>
+                        if self.retries(&e) && attempt < self.max_attempts =>
                     {
                         let ceiling = self.backoff_ceiling(attempt);
                         let delay = ceiling.mul_f64(rand::random::<f64>());

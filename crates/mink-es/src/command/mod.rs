@@ -625,6 +625,9 @@ where
     }
 }
 
+/// How many times an aggregate handler re-sends a save that failed transiently.
+const AGGREGATE_SAVE_RESENDS: u32 = 3;
+
 /// Dispatches commands to their handlers through the middleware chain.
 ///
 /// Middleware runs in the order it was added: the first added is the outermost.
@@ -688,7 +691,9 @@ impl CommandBus {
     ///
     /// `C::Output` must be [`AggregateOutcome`]. A decision error becomes
     /// [`CommandError::Rejected`]; the aggregate is reloaded on every attempt, so the
-    /// retry middleware can retry conflicts.
+    /// retry middleware can retry conflicts. A save that fails with a transient store
+    /// error is re-sent as is (same event ids) up to three times, so a commit whose
+    /// reply was lost is recognised by the store instead of being applied twice.
     pub fn register_aggregate<C, A, S, Co, Snap, E>(
         &mut self,
         repository: Repository<A, S, Co, Snap>,
@@ -718,9 +723,22 @@ impl CommandBus {
                     source: e.into(),
                 })?;
                 root.record_all(events);
-                let result = repo
-                    .save_with_metadata(&mut root, &ctx.event_metadata())
-                    .await?;
+                let metadata = ctx.event_metadata();
+                // A transient failure may hide a committed save whose reply was lost:
+                // send the same save again (the same event ids), which the store
+                // recognises as a repeat, instead of deciding again.
+                let mut resends = 0;
+                let result = loop {
+                    match repo.save_with_metadata(&mut root, &metadata).await {
+                        Err(crate::Error::Backend {
+                            transient: true, ..
+                        }) if resends < AGGREGATE_SAVE_RESENDS => {
+                            resends += 1;
+                            tokio::time::sleep(Duration::from_millis(5 << resends)).await;
+                        }
+                        other => break other?,
+                    }
+                };
                 Ok(AggregateOutcome::new(id, &result))
             }
         })

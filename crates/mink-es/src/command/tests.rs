@@ -360,6 +360,7 @@ async fn retry_resolves_conflicts_by_reloading() {
         max_attempts: 50,
         base_delay: Duration::from_millis(1),
         max_delay: Duration::from_millis(20),
+        ..Retry::default()
     });
     let a = attempts.clone();
     bus.use_middleware(from_fn(move |d, next| {
@@ -395,6 +396,7 @@ async fn retry_gives_up_after_the_cap() {
         max_attempts: 3,
         base_delay: Duration::from_millis(1),
         max_delay: Duration::from_millis(2),
+        ..Retry::default()
     });
     let (s, a, st) = (store.clone(), attempts.clone(), stream.clone());
     bus.register(move |_: Echo, ctx| {
@@ -790,7 +792,6 @@ async fn tracing_spans_and_trace_context_in_event_metadata() {
 
     let store = MemoryStore::new();
     let mut bus = counter_bus(&store);
-    bus.use_middleware(Correlation::new());
     bus.use_middleware(Tracing::new().propagate_with(|| {
         Some((
             "traceparent".into(),
@@ -798,6 +799,7 @@ async fn tracing_spans_and_trace_context_in_event_metadata() {
         ))
     }));
     bus.use_middleware(Logging);
+    bus.use_middleware(Correlation::new());
     bus.dispatch(inc("t", 1)).await.unwrap();
     bus.dispatch(inc("t", 1000)).await.unwrap_err();
     let fields = spans.0.lock().clone();
@@ -815,6 +817,17 @@ async fn tracing_spans_and_trace_context_in_event_metadata() {
             "missing {expected} in {fields:?}"
         );
     }
+    // Correlation runs inside the span and fills its correlation id.
+    let corr = stream_events(&store, "t").await[0]
+        .metadata
+        .correlation_id()
+        .unwrap()
+        .to_owned();
+    let expected = format!("mink.correlation_id={corr}");
+    assert!(
+        fields.contains(&expected),
+        "missing {expected} in {fields:?}"
+    );
     let events = stream_events(&store, "t").await;
     assert_eq!(
         events[0].metadata.custom_value("traceparent"),
@@ -836,4 +849,151 @@ async fn tower_layers_plug_in() {
     bus.dispatch(inc("w", 1)).await.unwrap();
     let events = stream_events(&store, "w").await;
     assert_eq!(events[0].metadata.custom_value("via"), Some("tower"));
+}
+
+/// A store whose next append commits but then reports a transient error, as when the
+/// reply of a committed write is lost.
+#[derive(Clone)]
+struct LossyStore {
+    inner: MemoryStore,
+    lose_next: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl crate::StreamWriter for LossyStore {
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: crate::ExpectedVersion,
+        events: Vec<crate::NewEvent>,
+    ) -> crate::Result<crate::AppendResult> {
+        let r = self.inner.append(stream, expected, events).await?;
+        if self.lose_next.swap(false, Ordering::SeqCst) {
+            return Err(crate::Error::backend(true, "connection reset (simulated)"));
+        }
+        Ok(r)
+    }
+}
+
+impl crate::StreamReader for LossyStore {
+    async fn read_stream(
+        &self,
+        s: &StreamId,
+        from: u64,
+        limit: usize,
+    ) -> crate::Result<Vec<crate::StoredEvent>> {
+        self.inner.read_stream(s, from, limit).await
+    }
+    async fn stream_version(&self, s: &StreamId) -> crate::Result<u64> {
+        self.inner.stream_version(s).await
+    }
+    async fn stream_info(&self, s: &StreamId) -> crate::Result<Option<crate::StreamInfo>> {
+        self.inner.stream_info(s).await
+    }
+}
+
+impl crate::FeedReader for LossyStore {
+    async fn read_feed(
+        &self,
+        after: crate::Position,
+        limit: usize,
+        f: &crate::FeedFilter,
+    ) -> crate::Result<crate::FeedPage> {
+        self.inner.read_feed(after, limit, f).await
+    }
+    async fn head_position(&self) -> crate::Result<crate::Position> {
+        self.inner.head_position().await
+    }
+    fn feed_signal(&self) -> crate::FeedSignal {
+        self.inner.feed_signal()
+    }
+}
+
+#[tokio::test]
+async fn a_lost_reply_is_not_applied_twice() {
+    let inner = MemoryStore::new();
+    let store = LossyStore {
+        inner: inner.clone(),
+        lose_next: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+    };
+    let mut bus = CommandBus::new();
+    // Even with transient retries turned on, the command is applied once.
+    bus.use_middleware(Retry::default().transient_errors());
+    bus.register_aggregate(
+        Repository::<Counter, _>::new(store.clone()),
+        |c: &Increment| c.id.clone(),
+        |_: &Counter, c: &Increment| Ok::<_, TooBig>(vec![CounterEvent::Incremented { by: c.by }]),
+    )
+    .unwrap();
+    store.lose_next.store(true, Ordering::SeqCst);
+    let out = bus.dispatch(inc("l", 10)).await.unwrap();
+    assert_eq!(
+        out.version, 1,
+        "the re-sent save was recognised as the committed one"
+    );
+    let events = stream_events(&inner, "l").await;
+    assert_eq!(events.len(), 1, "applied once");
+}
+
+#[tokio::test]
+async fn retry_leaves_transient_errors_alone_by_default() {
+    let attempts = Arc::new(AtomicU32::new(0));
+    let mut bus = CommandBus::new();
+    bus.use_middleware(Retry {
+        base_delay: Duration::from_millis(1),
+        ..Retry::default()
+    });
+    let a = attempts.clone();
+    bus.register(move |_: Echo, _| {
+        let a = a.clone();
+        async move {
+            a.fetch_add(1, Ordering::SeqCst);
+            Err::<String, _>(CommandError::Store(crate::Error::backend(true, "busy")))
+        }
+    })
+    .unwrap();
+    assert_eq!(
+        bus.dispatch(Echo("x".into())).await.unwrap_err().kind(),
+        "store"
+    );
+    assert_eq!(attempts.load(Ordering::SeqCst), 1, "not retried");
+    let policy = Retry::default().transient_errors();
+    assert!(policy.retries(&crate::Error::backend(true, "busy")));
+    assert!(!policy.retries(&crate::Error::backend(false, "broken")));
+    assert!(!Retry::default().retries(&crate::Error::backend(true, "busy")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn audit_entries_of_one_command_sort_started_first() {
+    let store = MemoryStore::new();
+    let audit = MemoryAuditStore::new();
+    let mut bus = counter_bus(&store);
+    bus.use_middleware(Audit::new(audit.clone()).fail_closed());
+    let bus = Arc::new(bus);
+    let tasks: Vec<_> = (0..40)
+        .map(|i| {
+            let bus = bus.clone();
+            tokio::spawn(async move { bus.dispatch(inc(&format!("s{i}"), 1)).await })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let entries = audit
+        .query(&AuditQuery {
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(entries.len(), 80);
+    for cmd in entries
+        .iter()
+        .map(|e| e.command_id)
+        .collect::<std::collections::HashSet<_>>()
+    {
+        let mine: Vec<&AuditRecord> = entries.iter().filter(|e| e.command_id == cmd).collect();
+        assert_eq!(mine.len(), 2);
+        assert_eq!(mine[0].outcome, AuditOutcome::Started, "{mine:?}");
+        assert_eq!(mine[1].outcome, AuditOutcome::Succeeded);
+    }
 }
