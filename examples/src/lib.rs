@@ -6,9 +6,21 @@
 //! cargo run -p mink-examples --bin shop
 //! ```
 //!
-//! Its code is in [`shop`]: two aggregates, a command service, and the scenario the
-//! binary narrates. `tests/shop.rs` runs the same scenario and checks its outcome.
+//! Its code is in [`shop`]: two aggregates, their commands, a command bus with mink's
+//! middleware, and the scenario the binary narrates. `tests/shop.rs` runs the same
+//! scenario and checks its outcome.
+//!
+//! Then [`observability`] watches the same bus: Prometheus metrics over HTTP and
+//! OpenTelemetry traces whose context reaches the stored events:
+//!
+//! ```text
+//! cargo run -p mink-examples --bin observability            # prints metrics and spans
+//! cargo run -p mink-examples --bin observability -- --serve # keeps /metrics up
+//! ```
+//!
+//! `tests/observability.rs` scrapes the endpoint and reads the exported spans.
 
+pub mod observability;
 pub mod shop;
 
 /// The README's code blocks, compiled and run as doctests.

@@ -13,7 +13,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use mink_examples::shop::{self, Narrator};
+use mink_examples::shop::{self, CommandStores, Narrator};
 use mink_sqlite::SqliteStore;
 
 #[tokio::main]
@@ -37,7 +37,7 @@ async fn main() -> anyhow::Result<()> {
     let store = SqliteStore::open(&path)
         .with_context(|| format!("cannot open the event store at {}", path.display()))?;
 
-    shop::run(store, &mut narrator).await?;
+    shop::run(store.clone(), CommandStores::sqlite(&store), &mut narrator).await?;
 
     narrator.say("");
     narrator.say(format!(
@@ -45,7 +45,12 @@ async fn main() -> anyhow::Result<()> {
         path.display()
     ));
     narrator.say(format!(
-        "  sqlite3 {} \"SELECT position, stream_id, version, event_type, payload FROM mink_events\"",
+        "  sqlite3 {} \"SELECT position, stream_id, version, event_type, payload, metadata FROM mink_events\"",
+        path.display()
+    ));
+    narrator.say("and at the audit log of the commands with");
+    narrator.say(format!(
+        "  sqlite3 {} \"SELECT command, aggregate_id, user_id, outcome, error_kind FROM mink_audit ORDER BY seq\"",
         path.display()
     ));
     Ok(())

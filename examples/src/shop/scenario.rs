@@ -4,16 +4,19 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::Duration;
 
+use mink_es::command::CommandError;
+use mink_es::command::audit::{AuditOutcome, AuditQuery, AuditRecord};
 use mink_es::prelude::*;
 use mink_es::subscription::{Subscription, SubscriptionOptions};
-use mink_es::{
-    EventDecoder, FeedFilter, JsonCodec, Position, ReplayMode, Repository, StoredEvent, StreamId,
-};
+use mink_es::{EventDecoder, FeedFilter, JsonCodec, Position, ReplayMode, StoredEvent, StreamId};
 
+use super::commands::{CancelOrder, PayOrder, PlaceOrder, ReceiveStock, ShipOrder};
+use super::faults::Faults;
 use super::inventory::InventoryEvent;
-use super::lost_reply::LostReply;
-use super::order::{Order, OrderError, OrderLine, OrderStatus};
-use super::service::{SNAPSHOT_EVERY, Shop, ShopError};
+use super::order::{OrderLine, OrderStatus};
+use super::service::{
+    Caller, CommandStores, Dispatched, HandlerRun, SNAPSHOT_EVERY, Shop, ShopError,
+};
 
 /// The products of the shop: SKU, name, unit price in cents, units delivered at opening.
 pub const CATALOGUE: [(&str, &str, u64, u32); 3] = [
@@ -21,6 +24,9 @@ pub const CATALOGUE: [(&str, &str, u64, u32); 3] = [
     ("MS-02", "wireless mouse", 1_999, 25),
     ("MN-27", "27-inch monitor", 18_900, 3),
 ];
+
+/// How long the story waits for something that happens in the background.
+const PATIENCE: Duration = Duration::from_secs(5);
 
 /// Prints the story (or keeps it, for tests).
 #[derive(Debug, Default)]
@@ -100,15 +106,22 @@ pub struct ShopReport {
     pub stock: BTreeMap<String, StockLevel>,
     /// The rule violations met, as printed.
     pub rule_violations: Vec<String>,
-    /// Whether the second clerk's save was refused with a conflict.
+    /// The commands refused by validation, as printed.
+    pub invalid_commands: Vec<String>,
+    /// Whether clerk B's cancellation met a conflict on its first run.
     pub conflict_detected: bool,
-    /// Whether the second clerk's decision, retried on the reloaded order, was saved.
+    /// Whether the retry middleware's next run of it, on the reloaded order, was saved.
     pub conflict_retry_saved: bool,
-    /// Whether the retried save after the lost reply was recognised as a repeat.
+    /// How each run of clerk B's cancellation ended (`conflict`, then `ok`).
+    pub conflict_attempts: Vec<String>,
+    /// Whether the save repeated after the lost reply was recognised as a repeat.
     pub retry_deduplicated: bool,
-    /// Events in the retried order's stream after the retry (1 if nothing was stored
-    /// twice).
+    /// Events in the order's stream after the repeat (1 if nothing was stored twice).
     pub retried_stream_events: u64,
+    /// Whether the duplicate `PlaceOrder` (same request id) got the original result.
+    pub duplicate_replayed: bool,
+    /// How often the handler of that `PlaceOrder` ran, for both dispatches together.
+    pub duplicate_handler_runs: usize,
     /// The version of the snapshot of `Inventory-MS-02`, if one was taken.
     pub snapshot_version: Option<u64>,
     /// Events read from the global feed with the `Order` category filter.
@@ -117,54 +130,141 @@ pub struct ShopReport {
     pub subscription_caught_up: usize,
     /// Events it delivered live, after catching up.
     pub subscription_live: usize,
+    /// Stored events whose metadata names a correlation id, a causation id and a user.
+    pub events_with_provenance: u64,
+    /// The audit entries of one user (carol), as queried.
+    pub audit_sample: Vec<AuditRecord>,
+    /// Every command dispatched, in the order they ended.
+    pub dispatched: Vec<Dispatched>,
+    /// Every run of a handler, in the order they ended.
+    pub handler_runs: Vec<HandlerRun>,
     /// Events in the store at the end.
     pub events_in_store: u64,
     /// The feed's head position at the end.
     pub head: Position,
 }
 
-/// Tells the whole story on `store`, which should be empty, and returns what happened.
-pub async fn run<S>(store: S, n: &mut Narrator) -> Result<ShopReport, ShopError>
+/// Hands out client request ids: `req-001`, `req-002`, …
+#[derive(Debug, Default)]
+struct RequestIds(u32);
+
+impl RequestIds {
+    fn next(&mut self) -> String {
+        self.0 += 1;
+        format!("req-{:03}", self.0)
+    }
+}
+
+/// Tells the whole story on `store`, which should be empty, keeping idempotency keys
+/// and the audit log in `stores`, and returns what happened.
+pub async fn run<S>(
+    store: S,
+    stores: CommandStores,
+    n: &mut Narrator,
+) -> Result<ShopReport, ShopError>
 where
     S: EventStore + SnapshotStore,
 {
-    let shop = Shop::new(store.clone());
+    // The shop runs on the store through a fault injector that does nothing until the
+    // story arms it (parts 4 and 5).
+    let faults = Faults::new(store.clone());
+    let shop = Shop::new(faults.clone(), stores)?;
     let mut report = ShopReport::default();
+    let mut request = RequestIds::default();
     let price = |sku: &str| CATALOGUE.iter().find(|c| c.0 == sku).map_or(0, |c| c.2);
     let line = |sku: &str, quantity: u32| OrderLine::new(sku, quantity, price(sku));
+
+    let warehouse = Caller::user("warehouse");
+    // Alice's checkout: her commands share one correlation id.
+    let alice = Caller::user("alice").with_correlation_id("checkout-1001");
+    let bob = Caller::user("bob");
+    let carol = Caller::user("carol");
+    let dave = Caller::user("dave");
+    let clerk_a = Caller::user("clerk-a");
+    let clerk_b = Caller::user("clerk-b");
+
+    n.say(
+        "Every change below is a command, dispatched through one bus: recovery, tracing, \
+         logging, metrics, correlation, audit (fail-closed), validation, idempotency, \
+         timeout, retry.",
+    );
 
     // ------------------------------------------------------------------------------
     n.heading("1. The warehouse receives stock");
     for (sku, name, _, units) in CATALOGUE {
-        shop.receive_stock(sku, units).await?;
+        let cmd = ReceiveStock {
+            sku: sku.into(),
+            quantity: units,
+            request_id: request.next(),
+        };
+        shop.dispatch(cmd, &warehouse).await?;
         n.say(format!("received {units:>2} x {sku} ({name})"));
     }
 
     // ------------------------------------------------------------------------------
     n.heading("2. Orders come in; each reserves its stock");
-    shop.place_order("1001", "alice", vec![line("KB-01", 1), line("MS-02", 2)])
-        .await?;
+    let place =
+        |order_id: &str, customer: &str, lines: Vec<OrderLine>, request_id: String| PlaceOrder {
+            order_id: order_id.into(),
+            customer: customer.into(),
+            lines,
+            request_id,
+        };
+    let cmd = place(
+        "1001",
+        "alice",
+        vec![line("KB-01", 1), line("MS-02", 2)],
+        request.next(),
+    );
+    shop.dispatch(cmd, &alice).await?;
     n.say("order 1001 (alice): 1 x KB-01, 2 x MS-02 -> placed, stock reserved");
-    shop.place_order("1002", "bob", vec![line("MN-27", 2)])
-        .await?;
+    let cmd = place("1002", "bob", vec![line("MN-27", 2)], request.next());
+    shop.dispatch(cmd, &bob).await?;
     n.say("order 1002 (bob):   2 x MN-27           -> placed, stock reserved");
-    match shop
-        .place_order("1003", "carol", vec![line("MS-02", 1), line("MN-27", 2)])
-        .await
-    {
+
+    let cmd = place(
+        "1003",
+        "carol",
+        vec![line("MS-02", 1), line("MN-27", 0)],
+        request.next(),
+    );
+    match shop.dispatch(cmd, &carol).await {
+        Err(ShopError::Command(invalid @ CommandError::Invalid { .. })) => {
+            n.say("order 1003 (carol): 1 x MS-02, 0 x MN-27 -> invalid, no handler ran:");
+            n.say(format!("  {invalid}"));
+            report.invalid_commands.push(invalid.to_string());
+        }
+        Err(other) => return Err(other),
+        Ok(_) => n.say("order 1003 with 0 monitors was accepted (unexpected)"),
+    }
+    let cmd = place(
+        "1003",
+        "carol",
+        vec![line("MS-02", 1), line("MN-27", 2)],
+        request.next(),
+    );
+    match shop.dispatch(cmd, &carol).await {
         Err(refusal @ ShopError::Stock { .. }) => {
             n.say("order 1003 (carol): 1 x MS-02, 2 x MN-27 -> refused by the stock:");
             say_refusal(n, &mut report, &refusal);
             n.say("  compensation: the MS-02 reservation was released and order 1003 cancelled");
         }
         Err(other) => return Err(other),
-        Ok(()) => n.say("order 1003 was accepted (unexpected: only 1 monitor was left)"),
+        Ok(_) => n.say("order 1003 was accepted (unexpected: only 1 monitor was left)"),
     }
 
     // ------------------------------------------------------------------------------
     n.heading("3. Business rules say no");
     let total_1002 = shop.orders().load("1002").await?.state().total_cents();
-    match shop.ship("1002", "DHL").await {
+    let ship = |order_id: &str, request_id: String| ShipOrder {
+        order_id: order_id.into(),
+        carrier: "DHL".into(),
+        request_id,
+    };
+    match shop
+        .dispatch(ship("1002", request.next()), &warehouse)
+        .await
+    {
         Err(refusal @ ShopError::Order { .. }) => {
             n.say("shipping order 1002 before it is paid:");
             say_refusal(n, &mut report, &refusal);
@@ -173,13 +273,28 @@ where
         Ok(_) => n.say("order 1002 shipped unpaid (unexpected)"),
     }
     let total_1001 = shop.orders().load("1001").await?.state().total_cents();
-    shop.pay("1001", total_1001, "PAY-5521").await?;
-    shop.ship("1001", "DHL").await?;
+    let pay = PayOrder {
+        order_id: "1001".into(),
+        amount_cents: total_1001,
+        payment_ref: "PAY-5521".into(),
+        request_id: request.next(),
+    };
+    shop.dispatch(pay, &alice).await?;
+    shop.dispatch(ship("1001", request.next()), &warehouse)
+        .await?;
     n.say(format!(
         "order 1001 paid ({}) and shipped; its stock was dispatched",
         money(total_1001)
     ));
-    match shop.cancel("1001", "customer asked").await {
+    let cancel = |order_id: &str, reason: &str, request_id: String| CancelOrder {
+        order_id: order_id.into(),
+        reason: reason.into(),
+        request_id,
+    };
+    match shop
+        .dispatch(cancel("1001", "customer asked", request.next()), &clerk_b)
+        .await
+    {
         Err(refusal @ ShopError::Order { .. }) => {
             n.say("cancelling order 1001 after it shipped:");
             say_refusal(n, &mut report, &refusal);
@@ -190,80 +305,114 @@ where
 
     // ------------------------------------------------------------------------------
     n.heading("4. Two clerks change order 1002 at the same time");
-    let orders = shop.orders();
-    let mut clerk_a = orders.load("1002").await?;
-    let mut clerk_b = orders.load("1002").await?;
-    n.say(format!(
-        "clerk A and clerk B both open order 1002 at version {}",
-        clerk_a.version()
-    ));
-    clerk_a
-        .decide(|o| o.pay(total_1002, "PAY-7731"))
-        .map_err(|e| order_error("1002", e))?;
-    let saved = orders.save(&mut clerk_a).await?;
-    n.say(format!(
-        "clerk A records the payment ({}) and saves: now at version {}",
-        money(total_1002),
-        saved.version
-    ));
-    clerk_b
-        .decide(|o| o.cancel("customer changed their mind"))
-        .map_err(|e| order_error("1002", e))?;
-    n.say("clerk B, still looking at the unpaid order, cancels it (refund: 0.00) and saves:");
-    match orders.save(&mut clerk_b).await {
-        Err(conflict @ mink_es::Error::Conflict { .. }) => {
-            report.conflict_detected = true;
-            n.say(format!("  refused: {conflict}"));
-        }
-        Err(other) => return Err(other.into()),
-        Ok(_) => n.say("  saved (unexpected: the order changed under clerk B)"),
+    // Clerk B's save is held at the door until clerk A has saved, as if B were slower.
+    let seen = shop.orders().load("1002").await?.version();
+    let mut held = faults.hold_next_append(StreamId::for_aggregate("Order", "1002")?);
+    let cancel_1002 = cancel("1002", "customer changed their mind", request.next());
+    let clerk_b_task = {
+        let shop = shop.clone();
+        let clerk_b = clerk_b.clone();
+        tokio::spawn(async move { shop.dispatch(cancel_1002, &clerk_b).await })
+    };
+    if !tokio::time::timeout(PATIENCE, held.reached())
+        .await
+        .unwrap_or(false)
+    {
+        return Err(ShopError::Story(
+            "clerk B's cancellation never reached its save".into(),
+        ));
     }
-    // Reload and decide again: on the fresh state the same command comes out different.
-    let mut clerk_b = orders.load("1002").await?;
-    let seen = clerk_b.state().status;
-    clerk_b
-        .decide(|o| o.cancel("customer changed their mind"))
-        .map_err(|e| order_error("1002", e))?;
-    let saved = orders.save(&mut clerk_b).await?;
-    report.conflict_retry_saved = true;
     n.say(format!(
-        "clerk B reloads (version {}, status {seen}), decides again and saves: cancelled with a \
-         refund of {}, now at version {}",
-        saved.version - 1,
-        money(clerk_b.state().refund_cents),
-        saved.version
+        "clerk B cancels order 1002: the command loads it (version {seen}, unpaid), decides \
+         to cancel it with a refund of 0.00, and is about to save..."
     ));
-    shop.release_stock_for("1002").await?;
-    n.say("the 2 monitors held by order 1002 go back to available stock");
+    let pay = PayOrder {
+        order_id: "1002".into(),
+        amount_cents: total_1002,
+        payment_ref: "PAY-7731".into(),
+        request_id: request.next(),
+    };
+    let paid = shop.dispatch(pay, &clerk_a).await?;
+    n.say(format!(
+        "...when clerk A's payment ({}) is saved first: order 1002 is now at version {}",
+        money(total_1002),
+        paid.version
+    ));
+    held.release();
+    let cancelled = clerk_b_task
+        .await
+        .map_err(|e| ShopError::Story(format!("clerk B's task failed: {e}")))??;
+    let runs: Vec<HandlerRun> = shop
+        .handler_runs()
+        .into_iter()
+        .filter(|r| r.command == "CancelOrder" && r.aggregate_id.as_deref() == Some("1002"))
+        .collect();
+    for r in &runs {
+        report.conflict_attempts.push(r.outcome.to_owned());
+        if r.outcome == "conflict" {
+            report.conflict_detected = true;
+            n.say(format!(
+                "  clerk B's run {}: {}",
+                r.attempt,
+                r.error.as_deref().unwrap_or("conflict")
+            ));
+        }
+    }
+    let order_1002 = shop.orders().load("1002").await?;
+    report.conflict_retry_saved = order_1002.state().status == OrderStatus::Cancelled;
+    n.say(format!(
+        "  the retry middleware runs the command again: it reloads the order (version {}, \
+         paid) and decides again: cancelled with a refund of {}, now at version {}",
+        paid.version,
+        money(order_1002.state().refund_cents),
+        cancelled.order_version
+    ));
+    n.say("  in the same command, the 2 monitors held by order 1002 go back to available stock");
 
     // ------------------------------------------------------------------------------
-    n.heading("5. A save whose reply is lost is retried safely");
-    let flaky = LostReply::new(store.clone());
-    let orders_via_flaky = Repository::<Order, _>::new(flaky.clone());
-    let mut order = orders_via_flaky.load("1004").await?;
-    order
-        .decide(|o| o.place("dave", vec![line("MS-02", 3)]))
-        .map_err(|e| order_error("1004", e))?;
-    flaky.lose_next_reply();
-    match orders_via_flaky.save(&mut order).await {
-        Err(e) if e.is_retryable() => {
-            n.say(format!("order 1004 (dave): the save fails with \"{e}\""));
-            n.say("  did it commit? the caller cannot know, so it retries the same save");
-        }
-        Err(other) => return Err(other.into()),
-        Ok(_) => n.say("order 1004: the reply was not lost (unexpected)"),
-    }
-    let retry = orders_via_flaky.save(&mut order).await?;
+    n.heading("5. A lost reply, and a command sent twice");
+    let place_1004 = place("1004", "dave", vec![line("MS-02", 3)], request.next());
+    faults.lose_next_reply();
+    let first = shop.dispatch(place_1004.clone(), &dave).await?;
     let stream = StreamId::for_aggregate("Order", "1004")?;
-    report.retry_deduplicated = retry.deduplicated;
+    let lost = faults.lost_reply();
+    report.retry_deduplicated = lost
+        .as_ref()
+        .is_some_and(|l| l.stream == stream && l.repeat_deduplicated == Some(true));
     report.retried_stream_events = store.stream_version(&stream).await?;
     n.say(format!(
-        "  retry: deduplicated = {}, {stream} holds {} event(s): the first attempt had \
-         committed, and the same event ids were not stored twice",
-        retry.deduplicated, report.retried_stream_events
+        "order 1004 (dave): the store commits the order, then the reply is lost ({})",
+        lost.as_ref()
+            .map_or("unexpectedly, it was not", |l| l.error.as_str())
     ));
-    shop.reserve_stock_for("1004").await?;
-    n.say("  order 1004's stock is reserved");
+    n.say("  did it commit? the handler cannot know, so it sends the same save again");
+    n.say(format!(
+        "  repeat: deduplicated = {}, {stream} holds {} event(s): the first attempt had \
+         committed, and the same event ids were not stored twice",
+        report.retry_deduplicated, report.retried_stream_events
+    ));
+    n.say(format!(
+        "  order 1004 placed, its stock reserved ({} events stored)",
+        first.events.len()
+    ));
+    n.say("dave's browser never saw the answer, and sends the same PlaceOrder again (same request id):");
+    let second = shop.dispatch(place_1004, &dave).await?;
+    report.duplicate_replayed = second == first;
+    report.duplicate_handler_runs = shop
+        .handler_runs()
+        .iter()
+        .filter(|r| r.command == "PlaceOrder" && r.aggregate_id.as_deref() == Some("1004"))
+        .count();
+    n.say(format!(
+        "  the idempotency middleware answers with the stored result: {} (the same event ids \
+         and positions); the handler ran {} time(s)",
+        if report.duplicate_replayed {
+            "identical to the first"
+        } else {
+            "a different one (unexpected)"
+        },
+        report.duplicate_handler_runs
+    ));
 
     // ------------------------------------------------------------------------------
     n.heading("6. Snapshots");
@@ -325,17 +474,91 @@ where
         report.subscription_caught_up,
         sub.checkpoint()
     ));
-    shop.receive_stock("MN-27", 5).await?;
+    let delivery = ReceiveStock {
+        sku: "MN-27".into(),
+        quantity: 5,
+        request_id: request.next(),
+    };
+    shop.dispatch(delivery, &warehouse).await?;
     n.say("a new delivery arrives: 5 x MN-27");
-    let event = tokio::time::timeout(Duration::from_secs(5), sub.next())
+    let event = tokio::time::timeout(PATIENCE, sub.next())
         .await
-        .map_err(|_| mink_es::Error::InvalidArgument("no live event within 5 s".into()))??;
+        .map_err(|_| ShopError::Story("no live event within 5 s".into()))??;
     movements.apply(&event)?;
     report.subscription_live += 1;
     n.say(format!(
         "live: {} on {} at position {}; now {movements}",
         event.event_type, event.stream_id, event.position
     ));
+
+    // ------------------------------------------------------------------------------
+    n.heading("9. Who did what: event metadata and the audit log");
+    report.dispatched = shop.dispatched();
+    report.handler_runs = shop.handler_runs();
+    let command_of = |causation: Option<&str>| {
+        report
+            .dispatched
+            .iter()
+            .find(|d| Some(d.command_id.to_string().as_str()) == causation)
+            .map_or("?", |d| d.command)
+    };
+    n.say("Order-1001's events, with their metadata:");
+    let order_1001 = StreamId::for_aggregate("Order", "1001")?;
+    for e in store.read_stream(&order_1001, 1, 100).await? {
+        let m = &e.metadata;
+        n.say(format!(
+            "  v{} {:<13} user {:<9}  correlation {:<36}  causation {} ({})",
+            e.version,
+            e.event_type.as_str(),
+            m.user_id().unwrap_or("-"),
+            m.correlation_id().unwrap_or("-"),
+            m.causation_id().unwrap_or("-"),
+            command_of(m.causation_id())
+        ));
+    }
+    n.say(
+        "  the causation id is the id of the command that stored the event; alice's checkout \
+         brought its own correlation id, the warehouse's shipment got a fresh one",
+    );
+    let all_events = read_all(&store).await?;
+    report.events_with_provenance = all_events
+        .iter()
+        .filter(|e| {
+            let m = &e.metadata;
+            m.correlation_id().is_some() && m.causation_id().is_some() && m.user_id().is_some()
+        })
+        .count() as u64;
+    n.say(format!(
+        "{} of the {} stored events carry a correlation id, a causation id and a user",
+        report.events_with_provenance,
+        all_events.len()
+    ));
+    let query = AuditQuery {
+        user_id: Some("carol".into()),
+        ..AuditQuery::default()
+    };
+    report.audit_sample = shop.audit().query(&query).await.map_err(ShopError::Audit)?;
+    // A command's "started" and final entries share their start time; put "started" first.
+    report.audit_sample.sort_by_key(|r| {
+        (
+            r.started_at,
+            r.command_id,
+            r.outcome != AuditOutcome::Started,
+        )
+    });
+    n.say("the audit log, queried by user carol (fail-closed: a \"started\" entry is written before a command runs):");
+    for r in &report.audit_sample {
+        let outcome = match &r.outcome {
+            AuditOutcome::Failed { kind, .. } => format!("failed: {kind}"),
+            other => other.label().to_owned(),
+        };
+        n.say(format!(
+            "  {}  {:<11} {:<5} {outcome}",
+            r.started_at.format("%H:%M:%S%.3f"),
+            r.command,
+            r.aggregate_id.as_deref().unwrap_or("-"),
+        ));
+    }
 
     // ------------------------------------------------------------------------------
     n.heading("Summary");
@@ -379,7 +602,19 @@ where
         ));
         report.stock.insert(sku.to_owned(), level);
     }
-    report.events_in_store = count_events(&store).await?;
+    report.dispatched = shop.dispatched();
+    report.handler_runs = shop.handler_runs();
+    let failed = report
+        .dispatched
+        .iter()
+        .filter(|d| d.outcome != "ok")
+        .count();
+    n.say(format!(
+        "commands: {} dispatched ({failed} refused), {} handler runs",
+        report.dispatched.len(),
+        report.handler_runs.len()
+    ));
+    report.events_in_store = read_all(&store).await?.len() as u64;
     report.head = store.head_position().await?;
     n.say(format!(
         "events in the store: {}; feed head position: {}",
@@ -393,18 +628,11 @@ fn say_refusal(n: &mut Narrator, report: &mut ShopReport, refusal: &ShopError) {
     let typed = match refusal {
         ShopError::Order { source, .. } => format!("OrderError::{source:?}"),
         ShopError::Stock { source, .. } => format!("InventoryError::{source:?}"),
-        ShopError::Store(e) => format!("{e:?}"),
+        other => format!("{other:?}"),
     };
     n.say(format!("  refused: {refusal}"));
     n.say(format!("           {typed}"));
     report.rule_violations.push(refusal.to_string());
-}
-
-fn order_error(id: &str, e: OrderError) -> ShopError {
-    ShopError::Order {
-        order_id: id.to_owned(),
-        source: e,
-    }
 }
 
 /// Cents as `123.45`.
@@ -412,17 +640,18 @@ fn money(cents: u64) -> String {
     format!("{}.{:02}", cents / 100, cents % 100)
 }
 
-/// Counts every event of the store by reading the whole feed.
-async fn count_events<S: FeedReader>(store: &S) -> Result<u64, mink_es::Error> {
+/// Reads every event of the store, in feed order.
+pub async fn read_all<S: FeedReader>(store: &S) -> Result<Vec<StoredEvent>, mink_es::Error> {
     const PAGE: usize = 256;
     let mut after = Position::START;
-    let mut count = 0;
+    let mut events = Vec::new();
     loop {
         let page = store.read_feed(after, PAGE, &FeedFilter::all()).await?;
-        count += page.events.len() as u64;
+        let n = page.events.len();
+        events.extend(page.events);
         after = page.next;
-        if page.events.len() < PAGE {
-            return Ok(count);
+        if n < PAGE {
+            return Ok(events);
         }
     }
 }
