@@ -63,8 +63,10 @@ pub trait Aggregate: Default + Send + Sync + 'static {
     /// rebuilt from its events.
     const SNAPSHOT_VERSION: u32 = 1;
 
-    /// The aggregate's event enum.
-    type Event: DomainEvent;
+    /// The aggregate's event type: a serde enum ([`DomainEvent`]) with the default
+    /// codec, or any type an [`EventCodec`](crate::codec::EventCodec) handles (such as
+    /// Protobuf events).
+    type Event: Send + Sync + 'static;
 
     /// Folds one event into the state. It must not fail: events are facts that
     /// already happened; validation belongs in the code that decides on new events.

@@ -83,6 +83,210 @@ impl Codec for JsonCodec {
     }
 }
 
+/// The MessagePack codec (rmp-serde), with named fields (maps, not arrays), so that
+/// fields can be added, removed and reordered over time as with JSON.
+#[cfg(feature = "msgpack")]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MsgPackCodec;
+
+#[cfg(feature = "msgpack")]
+impl MsgPackCodec {
+    /// The tag of MessagePack payloads.
+    pub const TAG: CodecTag = CodecTag::from_static("msgpack");
+}
+
+#[cfg(feature = "msgpack")]
+impl Codec for MsgPackCodec {
+    fn tag(&self) -> CodecTag {
+        MsgPackCodec::TAG
+    }
+
+    fn encode<T: Serialize + ?Sized>(&self, value: &T) -> Result<Vec<u8>, BoxError> {
+        Ok(rmp_serde::to_vec_named(value)?)
+    }
+
+    fn decode_seed<'de, T: DeserializeSeed<'de>>(
+        &self,
+        bytes: &'de [u8],
+        seed: T,
+    ) -> Result<T::Value, BoxError> {
+        let mut rest: &[u8] = bytes;
+        let value = seed.deserialize(&mut rmp_serde::Deserializer::new(&mut rest))?;
+        if !rest.is_empty() {
+            let rest = rest.len();
+            return Err(format!("{rest} trailing bytes after the MessagePack value").into());
+        }
+        Ok(value)
+    }
+}
+
+/// The serde formats a [`SerdeEvents`] codec can write and read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum SerdeFormat {
+    /// JSON (tag `json`).
+    #[default]
+    Json,
+    /// MessagePack with named fields (tag `msgpack`).
+    #[cfg(feature = "msgpack")]
+    MsgPack,
+}
+
+impl SerdeFormat {
+    /// The format whose tag this is, if it is one of these (and enabled).
+    pub fn from_tag(tag: &str) -> Option<SerdeFormat> {
+        match tag {
+            "json" => Some(SerdeFormat::Json),
+            #[cfg(feature = "msgpack")]
+            "msgpack" => Some(SerdeFormat::MsgPack),
+            _ => None,
+        }
+    }
+}
+
+impl Codec for SerdeFormat {
+    fn tag(&self) -> CodecTag {
+        match self {
+            SerdeFormat::Json => CodecTag::JSON,
+            #[cfg(feature = "msgpack")]
+            SerdeFormat::MsgPack => MsgPackCodec::TAG,
+        }
+    }
+
+    fn encode<T: Serialize + ?Sized>(&self, value: &T) -> Result<Vec<u8>, BoxError> {
+        match self {
+            SerdeFormat::Json => JsonCodec.encode(value),
+            #[cfg(feature = "msgpack")]
+            SerdeFormat::MsgPack => MsgPackCodec.encode(value),
+        }
+    }
+
+    fn decode_seed<'de, T: DeserializeSeed<'de>>(
+        &self,
+        bytes: &'de [u8],
+        seed: T,
+    ) -> Result<T::Value, BoxError> {
+        match self {
+            SerdeFormat::Json => JsonCodec.decode_seed(bytes, seed),
+            #[cfg(feature = "msgpack")]
+            SerdeFormat::MsgPack => MsgPackCodec.decode_seed(bytes, seed),
+        }
+    }
+}
+
+/// A stored payload, or what an upcaster turned it into.
+#[derive(Debug)]
+pub enum Document {
+    /// Encoded bytes, as stored, with the tag of their codec.
+    Payload {
+        /// The codec that wrote the bytes.
+        codec: CodecTag,
+        /// The bytes.
+        bytes: bytes::Bytes,
+    },
+    /// A JSON value produced by a value upcaster (whatever codec the payload had).
+    Value(serde_json::Value),
+    /// A domain event produced by a typed upcaster ([`crate::schema::Upcaster::to_event`]),
+    /// ready to use as is.
+    Event(Box<dyn crate::schema::TypedEvent>),
+}
+
+/// An event, encoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Encoded {
+    /// Its stable type name.
+    pub event_type: &'static str,
+    /// The codec that encoded it.
+    pub codec: CodecTag,
+    /// The payload.
+    pub payload: Vec<u8>,
+}
+
+/// Why an event could not be decoded.
+#[derive(Debug)]
+pub enum DecodeFailure {
+    /// The payload's codec tag is not one this codec reads.
+    UnknownCodec(CodecTag),
+    /// The payload is not a valid encoding of the event type.
+    Invalid(BoxError),
+}
+
+/// Turns a domain event type into stored payloads and back, possibly with several
+/// codecs: the one it writes, and every one it can read.
+pub trait EventCodec<E>: Clone + Send + Sync + 'static {
+    /// Encodes one event.
+    fn encode(&self, event: &E) -> Result<Encoded, BoxError>;
+
+    /// Decodes one event of type `event_type`. `Ok(None)` means the type is not one of
+    /// `E`'s.
+    fn decode(&self, event_type: &str, doc: Document) -> Result<Option<E>, DecodeFailure>;
+}
+
+/// The [`EventCodec`] for serde enums (see the [module docs](self)): writes JSON, or
+/// MessagePack, chosen for all events or per event type, and reads both.
+#[derive(Clone, Debug, Default)]
+pub struct SerdeEvents {
+    default: SerdeFormat,
+    per_type: std::sync::Arc<std::collections::HashMap<String, SerdeFormat>>,
+}
+
+impl SerdeEvents {
+    /// Writes every event in `format`.
+    pub fn new(format: SerdeFormat) -> Self {
+        SerdeEvents {
+            default: format,
+            per_type: Default::default(),
+        }
+    }
+
+    /// Writes events of `event_type` in `format` (others in the default format).
+    pub fn with_format_for(mut self, event_type: impl Into<String>, format: SerdeFormat) -> Self {
+        std::sync::Arc::make_mut(&mut self.per_type).insert(event_type.into(), format);
+        self
+    }
+
+    /// The format events of `event_type` are written in.
+    pub fn format_for(&self, event_type: &str) -> SerdeFormat {
+        self.per_type
+            .get(event_type)
+            .copied()
+            .unwrap_or(self.default)
+    }
+}
+
+impl<E: Serialize + DeserializeOwned + Send + Sync + 'static> EventCodec<E> for SerdeEvents {
+    fn encode(&self, event: &E) -> Result<Encoded, BoxError> {
+        let name = event_type_of(event)?;
+        let format = self.format_for(name);
+        let (event_type, payload) = encode_event(&format, event)?;
+        Ok(Encoded {
+            event_type,
+            codec: format.tag(),
+            payload,
+        })
+    }
+
+    fn decode(&self, event_type: &str, doc: Document) -> Result<Option<E>, DecodeFailure> {
+        match doc {
+            Document::Payload { codec, bytes } => {
+                let Some(format) = SerdeFormat::from_tag(codec.as_str()) else {
+                    return Err(DecodeFailure::UnknownCodec(codec));
+                };
+                decode_event(&format, event_type, &bytes).map_err(DecodeFailure::Invalid)
+            }
+            Document::Value(value) => {
+                decode_event_from(value, event_type).map_err(DecodeFailure::Invalid)
+            }
+            Document::Event(event) => match event.into_any().downcast::<E>() {
+                Ok(e) => Ok(Some(*e)),
+                Err(_) => Err(DecodeFailure::Invalid(
+                    "a typed upcaster produced a value of another event type".into(),
+                )),
+            },
+        }
+    }
+}
+
 const NOT_AN_ENUM: &str = "a domain event type must be a serde enum whose variants are the event types (externally tagged, the serde default)";
 
 /// Encodes one domain event: returns its type name (the variant's serde name) and the
@@ -123,6 +327,27 @@ pub fn decode_event<C: Codec, E: DeserializeOwned>(
         Ok(e) => Ok(Some(e)),
         Err(_) if unknown.get() => Ok(None),
         Err(e) => Err(e),
+    }
+}
+
+/// Decodes one domain event from its type name and any self-describing serde
+/// deserializer (such as a `serde_json::Value`). `Ok(None)` for an unknown type name.
+pub fn decode_event_from<'de, D, E>(content: D, event_type: &str) -> Result<Option<E>, BoxError>
+where
+    D: Deserializer<'de>,
+    D::Error: Send + Sync + 'static,
+    E: Deserialize<'de>,
+{
+    let unknown = Cell::new(false);
+    let seed = VariantSeed::<E> {
+        name: event_type,
+        unknown: &unknown,
+        _e: PhantomData,
+    };
+    match seed.deserialize(content) {
+        Ok(e) => Ok(Some(e)),
+        Err(_) if unknown.get() => Ok(None),
+        Err(e) => Err(Box::new(e)),
     }
 }
 

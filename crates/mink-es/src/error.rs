@@ -186,6 +186,53 @@ pub enum Error {
         source: BoxError,
     },
 
+    /// A stored event's payload was written with a codec this reader cannot decode.
+    #[error(
+        "event {event_type:?} in stream {stream} at version {version} was written with codec {codec:?}, which this reader cannot decode"
+    )]
+    UnknownCodec {
+        /// The stream holding the event.
+        stream: StreamId,
+        /// The event's stream version.
+        version: u64,
+        /// The event's type name.
+        event_type: String,
+        /// The unknown codec tag.
+        codec: String,
+    },
+
+    /// A stored event has a schema version newer than this code knows: it was written
+    /// by newer code, and is never guessed at.
+    #[error(
+        "event {event_type:?} in stream {stream} at version {version} has schema version {schema_version}; this code knows up to {known}"
+    )]
+    SchemaTooNew {
+        /// The stream holding the event.
+        stream: StreamId,
+        /// The event's stream version.
+        version: u64,
+        /// The event's type name.
+        event_type: String,
+        /// The stored schema version.
+        schema_version: u32,
+        /// The newest version the schema registry knows.
+        known: u32,
+    },
+
+    /// A stored event could not be brought to its current shape.
+    #[error("cannot upcast event {event_type:?} in stream {stream} at version {version}: {source}")]
+    Upcast {
+        /// The stream holding the event.
+        stream: StreamId,
+        /// The event's stream version.
+        version: u64,
+        /// The event's type name.
+        event_type: String,
+        /// What went wrong.
+        #[source]
+        source: crate::schema::UpcastError,
+    },
+
     /// A value could not be encoded.
     #[error("cannot encode {what}: {source}")]
     Encode {

@@ -711,6 +711,29 @@ impl StoredEvent {
         serde_json::from_slice(&self.payload).map_err(|e| self.decode_error(e))
     }
 
+    /// The error for an upcasting failure of this event.
+    pub fn upcast_error(&self, source: crate::schema::UpcastError) -> Error {
+        match source {
+            crate::schema::UpcastError::TooNew { version, known, .. }
+                if version == self.schema_version =>
+            {
+                Error::SchemaTooNew {
+                    stream: self.stream_id.clone(),
+                    version: self.version,
+                    event_type: self.event_type.to_string(),
+                    schema_version: version,
+                    known,
+                }
+            }
+            source => Error::Upcast {
+                stream: self.stream_id.clone(),
+                version: self.version,
+                event_type: self.event_type.to_string(),
+                source,
+            },
+        }
+    }
+
     /// A [`Error::Decode`] for this event.
     pub fn decode_error(&self, source: impl Into<crate::BoxError>) -> Error {
         Error::Decode {

@@ -52,16 +52,22 @@ pub mod error;
 pub mod event;
 pub mod memory;
 pub mod position;
+#[cfg(feature = "protobuf")]
+pub mod protobuf;
 pub mod replay;
 pub mod repository;
+pub mod schema;
 pub mod snapshot;
 pub mod store;
 pub mod stream_id;
 pub mod subscription;
+pub mod upcast;
 pub mod version;
 
 pub use aggregate::{Aggregate, AggregateRoot, DomainEvent};
-pub use codec::{Codec, JsonCodec};
+#[cfg(feature = "msgpack")]
+pub use codec::MsgPackCodec;
+pub use codec::{Codec, EventCodec, JsonCodec, SerdeEvents, SerdeFormat};
 pub use error::{BoxError, Error, EventTypeError, Result, StreamIdError};
 pub use event::{
     CodecTag, EventId, EventType, MAX_EVENT_TYPE_LEN, Metadata, NewEvent, StoredEvent, now_micros,
@@ -70,6 +76,7 @@ pub use memory::MemoryStore;
 pub use position::Position;
 pub use replay::{EventDecoder, ReplayMode, UnknownTypes};
 pub use repository::{NoSnapshots, Repository, SnapshotStrategy, Snapshotting};
+pub use schema::{SchemaRegistry, Upcaster};
 pub use snapshot::{CheckpointStore, Snapshot, SnapshotContext, SnapshotPolicy, SnapshotStore};
 pub use store::{
     AppendResult, EventStore, FeedFilter, FeedPage, FeedReader, FeedSignal, StoreLimits,
@@ -77,6 +84,7 @@ pub use store::{
 };
 pub use stream_id::{MAX_STREAM_ID_LEN, StreamId};
 pub use subscription::{Subscription, SubscriptionOptions};
+pub use upcast::Upcasting;
 pub use version::ExpectedVersion;
 
 /// Re-exported so that users and adapters name the same versions.

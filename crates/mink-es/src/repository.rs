@@ -8,13 +8,14 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::codec::{Codec, JsonCodec, encode_event};
+use crate::codec::{Codec, EventCodec, JsonCodec, SerdeEvents};
 use crate::replay::{EventDecoder, ReplayMode, UnknownTypes};
+use crate::schema::SchemaRegistry;
 use crate::snapshot::{Snapshot, SnapshotContext, SnapshotPolicy, SnapshotStore};
 use crate::store::{AppendResult, EventStore};
 use crate::{
-    Aggregate, AggregateRoot, Error, ExpectedVersion, Metadata, NewEvent, Result, StreamId,
-    now_micros,
+    Aggregate, AggregateRoot, DomainEvent, Error, ExpectedVersion, Metadata, NewEvent, Result,
+    StreamId, now_micros,
 };
 
 /// How a repository uses snapshots. [`NoSnapshots`] and [`Snapshotting`] implement it.
@@ -163,38 +164,56 @@ where
 /// # Ok::<(), mink_es::Error>(())
 /// # });
 /// ```
-pub struct Repository<A: Aggregate, S, C = JsonCodec, Snap = NoSnapshots> {
+pub struct Repository<A: Aggregate, S, C = SerdeEvents, Snap = NoSnapshots> {
     store: S,
     codec: C,
     snapshots: Snap,
     decoder: EventDecoder<A::Event, C>,
+    schema: Arc<SchemaRegistry>,
     page_size: usize,
     _a: PhantomData<fn() -> A>,
 }
 
-impl<A: Aggregate, S: EventStore> Repository<A, S> {
-    /// A repository with the JSON codec, strict replay and no snapshots.
+impl<A: Aggregate, S: EventStore> Repository<A, S>
+where
+    A::Event: DomainEvent,
+{
+    /// A repository that writes JSON (and reads JSON and MessagePack), with strict
+    /// replay, no upcasting and no snapshots.
     pub fn new(store: S) -> Self {
+        Repository::with_event_codec(store, SerdeEvents::default())
+    }
+}
+
+impl<A: Aggregate, S: EventStore, C: EventCodec<A::Event>> Repository<A, S, C> {
+    /// A repository with any event codec (for example [`SerdeEvents`] writing
+    /// MessagePack, or Protobuf events).
+    pub fn with_event_codec(store: S, codec: C) -> Self {
         Repository {
             store,
-            codec: JsonCodec,
+            decoder: EventDecoder::new(codec.clone(), ReplayMode::Strict),
+            codec,
             snapshots: NoSnapshots,
-            decoder: EventDecoder::new(JsonCodec, ReplayMode::Strict),
+            schema: Arc::new(SchemaRegistry::empty()),
             page_size: 4096,
             _a: PhantomData,
         }
     }
 }
 
-impl<A: Aggregate, S: EventStore, C: Codec, Snap: SnapshotStrategy<A>> Repository<A, S, C, Snap> {
-    /// Uses another codec for events (snapshots keep their own).
-    pub fn with_codec<C2: Codec>(self, codec: C2) -> Repository<A, S, C2, Snap> {
-        let mode = self.decoder.mode();
+impl<A: Aggregate, S: EventStore, C: EventCodec<A::Event>, Snap: SnapshotStrategy<A>>
+    Repository<A, S, C, Snap>
+{
+    /// Uses another event codec.
+    pub fn with_codec<C2: EventCodec<A::Event>>(self, codec: C2) -> Repository<A, S, C2, Snap> {
+        let decoder =
+            EventDecoder::new(codec.clone(), self.decoder.mode()).with_schema(self.schema.clone());
         Repository {
             store: self.store,
-            decoder: EventDecoder::new(codec.clone(), mode),
+            decoder,
             codec,
             snapshots: self.snapshots,
+            schema: self.schema,
             page_size: self.page_size,
             _a: PhantomData,
         }
@@ -202,7 +221,15 @@ impl<A: Aggregate, S: EventStore, C: Codec, Snap: SnapshotStrategy<A>> Repositor
 
     /// Sets the replay mode for unknown event types (strict by default).
     pub fn with_replay_mode(mut self, mode: ReplayMode) -> Self {
-        self.decoder = EventDecoder::new(self.codec.clone(), mode);
+        self.decoder = EventDecoder::new(self.codec.clone(), mode).with_schema(self.schema.clone());
+        self
+    }
+
+    /// Uses a schema registry: saves stamp each event with its type's current version,
+    /// loads upcast older events to today's shape.
+    pub fn with_schema(mut self, schema: Arc<SchemaRegistry>) -> Self {
+        self.decoder = self.decoder.with_schema(schema.clone());
+        self.schema = schema;
         self
     }
 
@@ -228,6 +255,7 @@ impl<A: Aggregate, S: EventStore, C: Codec, Snap: SnapshotStrategy<A>> Repositor
             codec: self.codec,
             snapshots,
             decoder: self.decoder,
+            schema: self.schema,
             page_size: self.page_size,
             _a: PhantomData,
         }
@@ -270,9 +298,8 @@ impl<A: Aggregate, S: EventStore, C: Codec, Snap: SnapshotStrategy<A>> Repositor
                 .await?;
             let n = events.len();
             for stored in &events {
-                if let Some(event) = self.decoder.decode(stored)? {
-                    state.apply(&event);
-                }
+                self.decoder
+                    .decode_each(stored, |event| state.apply(&event))?;
                 version = stored.version;
             }
             if n < self.page_size {
@@ -317,7 +344,6 @@ impl<A: Aggregate, S: EventStore, C: Codec, Snap: SnapshotStrategy<A>> Repositor
                 deduplicated: false,
             });
         }
-        let tag = self.codec.tag();
         let mut metadata = metadata.clone();
         if let Some(ambient) = crate::command::ambient_metadata() {
             metadata.merge_defaults(&ambient);
@@ -326,14 +352,15 @@ impl<A: Aggregate, S: EventStore, C: Codec, Snap: SnapshotStrategy<A>> Repositor
             .uncommitted_with_ids()
             .iter()
             .map(|(id, event)| {
-                let (name, payload) =
-                    encode_event(&self.codec, event).map_err(|source| Error::Encode {
-                        what: format!("an event of aggregate {}", A::TYPE),
-                        source,
-                    })?;
-                Ok(NewEvent::new(name, payload)
+                let encoded = self.codec.encode(event).map_err(|source| Error::Encode {
+                    what: format!("an event of aggregate {}", A::TYPE),
+                    source,
+                })?;
+                let version = self.schema.current_version(encoded.event_type);
+                Ok(NewEvent::new(encoded.event_type, encoded.payload)
                     .with_id(*id)
-                    .with_codec(tag.clone())
+                    .with_codec(encoded.codec)
+                    .with_schema_version(version)
                     .with_metadata(metadata.clone()))
             })
             .collect::<Result<Vec<_>>>()?;

@@ -186,7 +186,13 @@ impl<S: FeedReader> Subscription<S> {
 
     fn pop(&mut self) -> Option<StoredEvent> {
         let e = self.buffer.pop_front()?;
-        self.update_delivered(Some(e.position));
+        // Several events may share a position (an upcaster split one stored event):
+        // the checkpoint passes a position only once all of them are delivered.
+        let more_here = self
+            .buffer
+            .front()
+            .is_some_and(|f| f.position == e.position);
+        self.update_delivered((!more_here).then_some(e.position));
         Some(e)
     }
 

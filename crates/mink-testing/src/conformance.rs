@@ -82,6 +82,22 @@ macro_rules! conformance_tests {
             long_and_unicode_stream_ids,
             large_batch,
         );
+        $crate::conformance_tests!(@evolution $factory;
+            codecs_mix_in_one_store,
+            schema_versions_are_stamped,
+            upcasting_looks_the_same_on_every_read_path,
+            unreadable_payloads_are_typed_errors,
+        );
+    };
+    (@evolution $factory:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() {
+                if let Some(f) = $factory.await {
+                    $crate::evolution::$name(&f).await;
+                }
+            }
+        )*
     };
     (@tests $factory:expr; $($name:ident),* $(,)?) => {
         $(

@@ -10,6 +10,7 @@
 
 pub mod command_stores;
 pub mod conformance;
+pub mod evolution;
 pub mod fixture;
 pub mod services;
 

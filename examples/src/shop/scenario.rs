@@ -8,7 +8,7 @@ use mink_es::command::CommandError;
 use mink_es::command::audit::{AuditOutcome, AuditQuery, AuditRecord};
 use mink_es::prelude::*;
 use mink_es::subscription::{Subscription, SubscriptionOptions};
-use mink_es::{EventDecoder, FeedFilter, JsonCodec, Position, ReplayMode, StoredEvent, StreamId};
+use mink_es::{EventDecoder, FeedFilter, Position, ReplayMode, SerdeEvents, StoredEvent, StreamId};
 
 use super::commands::{CancelOrder, PayOrder, PlaceOrder, ReceiveStock, ShipOrder};
 use super::faults::Faults;
@@ -658,7 +658,7 @@ pub async fn read_all<S: FeedReader>(store: &S) -> Result<Vec<StoredEvent>, mink
 
 /// A read model built from the stock events of the feed: units moved, by kind.
 struct StockMovements {
-    decoder: EventDecoder<InventoryEvent, JsonCodec>,
+    decoder: EventDecoder<InventoryEvent, SerdeEvents>,
     received: u32,
     reserved: u32,
     released: u32,
@@ -668,7 +668,7 @@ struct StockMovements {
 impl StockMovements {
     fn new() -> Self {
         StockMovements {
-            decoder: EventDecoder::new(JsonCodec, ReplayMode::Strict),
+            decoder: EventDecoder::new(SerdeEvents::default(), ReplayMode::Strict),
             received: 0,
             reserved: 0,
             released: 0,
@@ -677,14 +677,12 @@ impl StockMovements {
     }
 
     fn apply(&mut self, event: &StoredEvent) -> Result<(), mink_es::Error> {
-        match self.decoder.decode(event)? {
-            Some(InventoryEvent::Received { quantity }) => self.received += quantity,
-            Some(InventoryEvent::Reserved { quantity, .. }) => self.reserved += quantity,
-            Some(InventoryEvent::Released { quantity, .. }) => self.released += quantity,
-            Some(InventoryEvent::Dispatched { quantity, .. }) => self.dispatched += quantity,
-            None => {}
-        }
-        Ok(())
+        self.decoder.decode_each(event, |e| match e {
+            InventoryEvent::Received { quantity } => self.received += quantity,
+            InventoryEvent::Reserved { quantity, .. } => self.reserved += quantity,
+            InventoryEvent::Released { quantity, .. } => self.released += quantity,
+            InventoryEvent::Dispatched { quantity, .. } => self.dispatched += quantity,
+        })
     }
 }
 

@@ -42,8 +42,8 @@ use mink_es::command::{
 };
 use mink_es::prelude::*;
 use mink_es::{
-    AggregateRoot, AppendResult, BoxError, JsonCodec, Metadata, Repository, SnapshotPolicy,
-    Snapshotting, Uuid,
+    AggregateRoot, AppendResult, BoxError, JsonCodec, Metadata, Repository, SerdeEvents,
+    SnapshotPolicy, Snapshotting, Uuid,
 };
 use mink_sqlite::SqliteStore;
 use parking_lot::Mutex;
@@ -66,12 +66,13 @@ pub const STEP_ATTEMPTS: u32 = 3;
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A repository of `A` in store `S`, with JSON events and snapshots in the same store.
-pub type Repo<A, S> = Repository<A, S, JsonCodec, Snapshotting<S, JsonCodec>>;
+pub type Repo<A, S> = Repository<A, S, SerdeEvents, Snapshotting<S, JsonCodec>>;
 
 /// A repository of `A` on `store`, snapshotting every [`SNAPSHOT_EVERY`] events.
 pub fn repository<A, S>(store: &S) -> Repo<A, S>
 where
     A: Aggregate + Serialize + DeserializeOwned,
+    A::Event: mink_es::DomainEvent,
     S: EventStore + SnapshotStore,
 {
     Repository::new(store.clone())
@@ -589,6 +590,7 @@ async fn decide_and_save<C, A, S, E>(
 where
     C: Command,
     A: Aggregate + Serialize + DeserializeOwned,
+    A::Event: mink_es::DomainEvent,
     S: EventStore + SnapshotStore,
     E: Rejection,
 {
@@ -621,6 +623,7 @@ async fn decide_retrying<C, A, S, E>(
 where
     C: Command,
     A: Aggregate + Serialize + DeserializeOwned,
+    A::Event: mink_es::DomainEvent,
     S: EventStore + SnapshotStore,
     E: Rejection,
 {

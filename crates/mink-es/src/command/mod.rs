@@ -54,7 +54,6 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
-use crate::codec::Codec;
 use crate::{
     Aggregate, AppendResult, BoxError, EventStore, Metadata, Repository, SnapshotStrategy,
 };
@@ -704,7 +703,7 @@ impl CommandBus {
         C: Command<Output = AggregateOutcome>,
         A: Aggregate,
         S: EventStore,
-        Co: Codec,
+        Co: crate::codec::EventCodec<A::Event>,
         Snap: SnapshotStrategy<A> + 'static,
         E: Into<BoxError>,
     {
