@@ -52,6 +52,64 @@ struct Inner {
     checkpoints: Mutex<HashMap<String, Position>>,
 }
 
+/// The log index of every stored event id.
+///
+/// Ids made by [`EventId::new`] increase (per thread, and across threads from one
+/// millisecond to the next), so nearly every new id is above every stored one: those
+/// are appended to a sorted vector, with no hashing and no rehashing as the store
+/// grows, and an id above the largest one is known to be new without a lookup. Ids
+/// that arrive out of order (chosen by the application, or from another thread within
+/// the same millisecond) go into a hash map.
+#[derive(Default)]
+struct IdIndex {
+    sorted: Vec<(EventId, usize)>,
+    others: FastMap<EventId, usize>,
+}
+
+impl IdIndex {
+    fn above_all(&self, id: &EventId) -> bool {
+        self.sorted.last().is_none_or(|(last, _)| id > last)
+    }
+
+    fn get(&self, id: &EventId) -> Option<usize> {
+        if self.above_all(id) {
+            return None;
+        }
+        match self.sorted.binary_search_by(|(k, _)| k.cmp(id)) {
+            Ok(i) => Some(self.sorted[i].1),
+            Err(_) => self.others.get(id).copied(),
+        }
+    }
+
+    fn contains(&self, id: &EventId) -> bool {
+        self.get(id).is_some()
+    }
+
+    /// Inserts `id`, unless it is already there: then returns where it is.
+    fn insert(&mut self, id: EventId, index: usize) -> Option<usize> {
+        if self.above_all(&id) {
+            // Nothing in `others` is above the largest sorted id.
+            self.sorted.push((id, index));
+            return None;
+        }
+        if let Some(existing) = self.get(&id) {
+            return Some(existing);
+        }
+        self.others.insert(id, index);
+        None
+    }
+
+    fn remove(&mut self, id: &EventId) {
+        if self.sorted.last().is_some_and(|(last, _)| last == id) {
+            self.sorted.pop();
+        } else if let Ok(i) = self.sorted.binary_search_by(|(k, _)| k.cmp(id)) {
+            self.sorted.remove(i);
+        } else {
+            self.others.remove(id);
+        }
+    }
+}
+
 /// Events per chunk of the log. Chunks never move once allocated, so the log grows
 /// without copying what it holds.
 const CHUNK: usize = 4096;
@@ -101,7 +159,7 @@ struct State {
     /// Log indices of each stream's events, in version order.
     streams: FastMap<StreamId, Vec<usize>>,
     /// Log index of each event id.
-    ids: FastMap<EventId, usize>,
+    ids: IdIndex,
 }
 
 impl MemoryStore {
@@ -160,7 +218,7 @@ impl State {
     fn stored_for(&self, events: &[NewEvent]) -> Vec<StoredEvent> {
         events
             .iter()
-            .map_while(|e| self.ids.get(&e.id).map(|&i| self.log.get(i).clone()))
+            .map_while(|e| self.ids.get(&e.id).map(|i| self.log.get(i).clone()))
             .collect()
     }
 }
@@ -177,7 +235,7 @@ impl StreamWriter for MemoryStore {
             let mut guard = self.inner.state.write();
             let State { log, streams, ids } = &mut *guard;
 
-            if ids.contains_key(&events[0].id) {
+            if ids.contains(&events[0].id) {
                 let stored = guard.stored_for(&events);
                 check_idempotent_repeat(stream, expected, &events, &stored)?;
                 let version = guard.stream_version(stream);
@@ -202,11 +260,9 @@ impl StreamWriter for MemoryStore {
             // Claim the ids; an id already stored (or given twice) undoes the claims.
             let first_index = log.len();
             let n = events.len();
-            ids.reserve(n);
             for (i, e) in events.iter().enumerate() {
                 if let Some(prev) = ids.insert(e.id, first_index + i) {
-                    ids.insert(e.id, prev);
-                    for undo in &events[..i] {
+                    for undo in events[..i].iter().rev() {
                         ids.remove(&undo.id);
                     }
                     if events[..i].iter().any(|u| u.id == e.id) {
@@ -373,5 +429,63 @@ impl CheckpointStore for MemoryStore {
             .lock()
             .insert(name.to_owned(), position);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The index agrees with a plain map whatever the order of ids, including
+        /// batches that are undone.
+        #[test]
+        fn id_index_matches_a_map(ops in prop::collection::vec((any::<u8>(), any::<bool>(), 1usize..4), 1..200)) {
+            let mut index = IdIndex::default();
+            let mut model: std::collections::HashMap<EventId, usize> = Default::default();
+            let mut next = 0usize;
+            for (seed, fresh, batch) in ops {
+                // Either increasing fresh ids, or ids from a small pool (collisions).
+                let ids: Vec<EventId> = (0..batch)
+                    .map(|k| if fresh {
+                        EventId::new()
+                    } else {
+                        EventId::from_uuid(uuid::Uuid::from_u128(u128::from(seed.wrapping_add(k as u8))))
+                    })
+                    .collect();
+                let mut inserted = Vec::new();
+                let mut failed = false;
+                for id in &ids {
+                    let expected = model.get(id).copied().or_else(|| inserted.iter().position(|x| x == id).map(|_| usize::MAX));
+                    match index.insert(*id, next) {
+                        Some(_) => {
+                            prop_assert!(expected.is_some());
+                            failed = true;
+                            break;
+                        }
+                        None => {
+                            prop_assert!(expected.is_none());
+                            inserted.push(*id);
+                            next += 1;
+                        }
+                    }
+                }
+                if failed {
+                    for id in inserted.iter().rev() {
+                        index.remove(id);
+                    }
+                    next -= inserted.len();
+                } else {
+                    let start = next - inserted.len();
+                    for (k, id) in inserted.iter().enumerate() {
+                        model.insert(*id, start + k);
+                    }
+                }
+                for (id, at) in &model {
+                    prop_assert_eq!(index.get(id), Some(*at));
+                }
+            }
+        }
     }
 }
