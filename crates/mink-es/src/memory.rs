@@ -117,7 +117,7 @@ const CHUNK: usize = 4096;
 /// The global feed, in fixed-size chunks; position n is at index n - 1.
 #[derive(Default)]
 struct Log {
-    chunks: Vec<Vec<StoredEvent>>,
+    chunks: Vec<Vec<Record>>,
     len: usize,
 }
 
@@ -126,15 +126,15 @@ impl Log {
         self.len
     }
 
-    fn get(&self, i: usize) -> &StoredEvent {
+    fn get(&self, i: usize) -> &Record {
         &self.chunks[i / CHUNK][i % CHUNK]
     }
 
-    fn get_mut(&mut self, i: usize) -> &mut StoredEvent {
+    fn get_mut(&mut self, i: usize) -> &mut Record {
         &mut self.chunks[i / CHUNK][i % CHUNK]
     }
 
-    fn push(&mut self, e: StoredEvent) {
+    fn push(&mut self, e: Record) {
         if self.len.is_multiple_of(CHUNK) {
             self.chunks.push(Vec::with_capacity(CHUNK));
         }
@@ -144,7 +144,7 @@ impl Log {
         }
     }
 
-    fn iter_from(&self, start: usize) -> impl Iterator<Item = &StoredEvent> {
+    fn iter_from(&self, start: usize) -> impl Iterator<Item = &Record> {
         self.chunks
             .iter()
             .skip(start / CHUNK)
@@ -153,13 +153,135 @@ impl Log {
     }
 }
 
+/// One stored event, compactly: repeated names (stream, type, codec) are kept once in
+/// [`Names`] and referred to by number, which halves the memory per event (and the
+/// page faults of a growing store).
+struct Record {
+    id: EventId,
+    stream: u32,
+    event_type: u32,
+    codec: u32,
+    schema_version: u32,
+    version: u64,
+    payload: bytes::Bytes,
+    metadata: crate::Metadata,
+    recorded_at: i64,
+}
+
+/// Interned names, numbered in order of first use. The last one looked up is
+/// remembered, since appends tend to repeat it.
+struct Names<T> {
+    all: Vec<T>,
+    index: FastMap<T, u32>,
+    last: Option<u32>,
+}
+
+impl<T> Default for Names<T> {
+    fn default() -> Self {
+        Names {
+            all: Vec::new(),
+            index: FastMap::default(),
+            last: None,
+        }
+    }
+}
+
+impl<T: Clone + Eq + std::hash::Hash + std::borrow::Borrow<str>> Names<T> {
+    fn intern(&mut self, name: T) -> u32 {
+        if let Some(last) = self.last
+            && self.all[last as usize].borrow() == name.borrow()
+        {
+            return last;
+        }
+        let n = match self.index.get(name.borrow()) {
+            Some(&n) => n,
+            None => {
+                let n = self.all.len() as u32;
+                self.all.push(name.clone());
+                self.index.insert(name, n);
+                n
+            }
+        };
+        self.last = Some(n);
+        n
+    }
+
+    fn get(&self, n: u32) -> &T {
+        &self.all[n as usize]
+    }
+}
+
+struct Stream {
+    id: StreamId,
+    /// Log indices of the stream's events, in version order.
+    events: Vec<usize>,
+}
+
 #[derive(Default)]
 struct State {
     log: Log,
-    /// Log indices of each stream's events, in version order.
-    streams: FastMap<StreamId, Vec<usize>>,
+    /// Stream number by id.
+    stream_index: FastMap<StreamId, u32>,
+    streams: Vec<Stream>,
+    event_types: Names<crate::EventType>,
+    codecs: Names<crate::CodecTag>,
     /// Log index of each event id.
     ids: IdIndex,
+}
+
+impl State {
+    fn stream(&self, id: &StreamId) -> Option<&Stream> {
+        self.stream_index
+            .get(id)
+            .map(|&n| &self.streams[n as usize])
+    }
+
+    fn stream_version(&self, stream: &StreamId) -> u64 {
+        self.stream(stream).map_or(0, |s| s.events.len() as u64)
+    }
+
+    /// The stored event at log index `i`.
+    fn event(&self, i: usize) -> StoredEvent {
+        let r = self.log.get(i);
+        StoredEvent {
+            id: r.id,
+            stream_id: self.streams[r.stream as usize].id.clone(),
+            version: r.version,
+            position: Position::new(0, i as u64 + 1),
+            event_type: self.event_types.get(r.event_type).clone(),
+            schema_version: r.schema_version,
+            codec: self.codecs.get(r.codec).clone(),
+            payload: r.payload.clone(),
+            metadata: r.metadata.clone(),
+            recorded_at: micros_to_time(r.recorded_at),
+        }
+    }
+
+    /// Whether the record at `r` passes `filter`, without materializing it.
+    fn matches(&self, r: &Record, filter: &FeedFilter) -> bool {
+        let stream = &self.streams[r.stream as usize].id;
+        (filter.event_types.is_empty()
+            || filter
+                .event_types
+                .iter()
+                .any(|t| t.as_str() == self.event_types.get(r.event_type).as_str()))
+            && (filter.streams.is_empty() || filter.streams.contains(stream))
+            && (filter.categories.is_empty()
+                || filter.categories.iter().any(|c| c == stream.category()))
+    }
+
+    /// The events stored under the append's ids, in append order, stopping at the first
+    /// id that is not stored.
+    fn stored_for(&self, events: &[NewEvent]) -> Vec<StoredEvent> {
+        events
+            .iter()
+            .map_while(|e| self.ids.get(&e.id).map(|i| self.event(i)))
+            .collect()
+    }
+}
+
+fn micros_to_time(micros: i64) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp_micros(micros).unwrap_or_default()
 }
 
 impl MemoryStore {
@@ -195,9 +317,8 @@ impl MemoryStore {
     pub fn tamper_payload(&self, stream: &StreamId, version: u64, payload: bytes::Bytes) -> bool {
         let mut st = self.inner.state.write();
         let idx = st
-            .streams
-            .get(stream)
-            .and_then(|v| v.get((version as usize).wrapping_sub(1)).copied());
+            .stream(stream)
+            .and_then(|s| s.events.get((version as usize).wrapping_sub(1)).copied());
         match idx {
             Some(i) => {
                 st.log.get_mut(i).payload = payload;
@@ -205,21 +326,6 @@ impl MemoryStore {
             }
             None => false,
         }
-    }
-}
-
-impl State {
-    fn stream_version(&self, stream: &StreamId) -> u64 {
-        self.streams.get(stream).map_or(0, |v| v.len() as u64)
-    }
-
-    /// The events stored under the append's ids, in append order, stopping at the first
-    /// id that is not stored.
-    fn stored_for(&self, events: &[NewEvent]) -> Vec<StoredEvent> {
-        events
-            .iter()
-            .map_while(|e| self.ids.get(&e.id).map(|i| self.log.get(i).clone()))
-            .collect()
     }
 }
 
@@ -233,22 +339,21 @@ impl StreamWriter for MemoryStore {
         validate_append_fields(stream, &events, &self.inner.limits)?;
         let result = {
             let mut guard = self.inner.state.write();
-            let State { log, streams, ids } = &mut *guard;
+            let st = &mut *guard;
 
-            if ids.contains(&events[0].id) {
-                let stored = guard.stored_for(&events);
+            if st.ids.contains(&events[0].id) {
+                let stored = st.stored_for(&events);
                 check_idempotent_repeat(stream, expected, &events, &stored)?;
-                let version = guard.stream_version(stream);
                 return Ok(AppendResult {
                     stream_id: stream.clone(),
                     events: stored,
-                    version,
+                    version: st.stream_version(stream),
                     deduplicated: true,
                 });
             }
 
-            let stream_events = streams.get_mut(stream);
-            let current = stream_events.as_ref().map_or(0, |v| v.len() as u64);
+            let stream_no = st.stream_index.get(stream).copied();
+            let current = stream_no.map_or(0, |n| st.streams[n as usize].events.len() as u64);
             if !expected.accepts(current) {
                 return Err(Error::Conflict {
                     stream: stream.clone(),
@@ -258,12 +363,12 @@ impl StreamWriter for MemoryStore {
             }
 
             // Claim the ids; an id already stored (or given twice) undoes the claims.
-            let first_index = log.len();
+            let first_index = st.log.len();
             let n = events.len();
             for (i, e) in events.iter().enumerate() {
-                if let Some(prev) = ids.insert(e.id, first_index + i) {
+                if let Some(prev) = st.ids.insert(e.id, first_index + i) {
                     for undo in events[..i].iter().rev() {
-                        ids.remove(&undo.id);
+                        st.ids.remove(&undo.id);
                     }
                     if events[..i].iter().any(|u| u.id == e.id) {
                         return Err(Error::DuplicateEventIdInAppend {
@@ -271,23 +376,49 @@ impl StreamWriter for MemoryStore {
                             stream: stream.clone(),
                         });
                     }
-                    let existing = log.get(prev);
+                    let existing = st.event(prev);
                     return Err(Error::DuplicateEventId {
                         event_id: e.id,
                         stream: stream.clone(),
-                        existing_stream: existing.stream_id.clone(),
+                        existing_stream: existing.stream_id,
                         existing_version: existing.version,
                     });
                 }
             }
 
+            let stream_no = match stream_no {
+                Some(n) => n,
+                None => {
+                    let n = st.streams.len() as u32;
+                    st.streams.push(Stream {
+                        id: stream.clone(),
+                        events: Vec::new(),
+                    });
+                    st.stream_index.insert(stream.clone(), n);
+                    n
+                }
+            };
             let recorded_at = crate::event::now_coarse();
+            let micros = recorded_at.timestamp_micros();
             let mut stored = Vec::with_capacity(n);
             for (i, e) in events.into_iter().enumerate() {
-                let event = StoredEvent {
+                let version = current + 1 + i as u64;
+                let record = Record {
+                    id: e.id,
+                    stream: stream_no,
+                    event_type: st.event_types.intern(e.event_type.clone()),
+                    codec: st.codecs.intern(e.codec.clone()),
+                    schema_version: e.schema_version,
+                    version,
+                    payload: e.payload.clone(),
+                    metadata: e.metadata.clone(),
+                    recorded_at: micros,
+                };
+                st.log.push(record);
+                stored.push(StoredEvent {
                     id: e.id,
                     stream_id: stream.clone(),
-                    version: current + 1 + i as u64,
+                    version,
                     position: Position::new(0, (first_index + i) as u64 + 1),
                     event_type: e.event_type,
                     schema_version: e.schema_version,
@@ -295,16 +426,11 @@ impl StreamWriter for MemoryStore {
                     payload: e.payload,
                     metadata: e.metadata,
                     recorded_at,
-                };
-                stored.push(event.clone());
-                log.push(event);
+                });
             }
-            match stream_events {
-                Some(v) => v.extend(first_index..first_index + n),
-                None => {
-                    streams.insert(stream.clone(), (first_index..first_index + n).collect());
-                }
-            }
+            st.streams[stream_no as usize]
+                .events
+                .extend(first_index..first_index + n);
             AppendResult {
                 stream_id: stream.clone(),
                 events: stored,
@@ -325,15 +451,15 @@ impl StreamReader for MemoryStore {
         limit: usize,
     ) -> Result<Vec<StoredEvent>> {
         let st = self.inner.state.read();
-        let Some(indices) = st.streams.get(stream) else {
+        let Some(s) = st.stream(stream) else {
             return Ok(Vec::new());
         };
         let skip = usize::try_from(from_version.saturating_sub(1)).unwrap_or(usize::MAX);
-        Ok(indices
+        Ok(s.events
             .iter()
             .skip(skip)
             .take(limit)
-            .map(|&i| st.log.get(i).clone())
+            .map(|&i| st.event(i))
             .collect())
     }
 
@@ -343,14 +469,14 @@ impl StreamReader for MemoryStore {
 
     async fn stream_info(&self, stream: &StreamId) -> Result<Option<StreamInfo>> {
         let st = self.inner.state.read();
-        Ok(st.streams.get(stream).and_then(|indices| {
-            let first = st.log.get(*indices.first()?);
-            let last = st.log.get(*indices.last()?);
+        Ok(st.stream(stream).and_then(|s| {
+            let first = st.log.get(*s.events.first()?);
+            let last = st.log.get(*s.events.last()?);
             Some(StreamInfo {
                 stream_id: stream.clone(),
                 version: last.version,
-                created_at: first.recorded_at,
-                updated_at: last.recorded_at,
+                created_at: micros_to_time(first.recorded_at),
+                updated_at: micros_to_time(last.recorded_at),
             })
         }))
     }
@@ -375,13 +501,14 @@ impl FeedReader for MemoryStore {
         };
         let mut events = Vec::new();
         let mut next = after;
-        for e in st.log.iter_from(start) {
+        for (i, r) in st.log.iter_from(start).enumerate() {
             if events.len() >= limit {
                 break;
             }
-            next = e.position;
-            if filter.is_empty() || filter.matches(e) {
-                events.push(e.clone());
+            let index = start + i;
+            next = Position::new(0, index as u64 + 1);
+            if filter.is_empty() || st.matches(r, filter) {
+                events.push(st.event(index));
             }
         }
         Ok(FeedPage { events, next })
