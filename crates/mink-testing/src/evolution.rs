@@ -283,7 +283,12 @@ pub async fn upcasting_looks_the_same_on_every_read_path<F: StoreFactory>(f: &F)
     let mut seen: Vec<(mink_es::EventId, TallyEvent)> = Vec::new();
     let mut after = Position::START;
     let mut redelivered = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while seen.len() < want.len() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the subscription stopped making progress: {seen:?}"
+        );
         // Resume, take events until a new one arrives, stop.
         let mut sub = Subscription::new(layered.clone(), opts.clone().after(after));
         loop {

@@ -18,7 +18,13 @@ pub fn service_url(var: &str) -> Option<String> {
                     "{var} is not set, and MINK_REQUIRE_SERVICES=1 requires every service-backed test to run"
                 );
             }
-            eprintln!("SKIPPED: {var} is not set; this service-backed test did not run");
+            // Written to the process's stderr directly, past the test harness's output
+            // capture, so that a skip is seen even when the tests pass.
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED: {var} is not set; a service-backed test did not run (set it, or MINK_REQUIRE_SERVICES=1 to fail instead)"
+            );
             None
         }
     }

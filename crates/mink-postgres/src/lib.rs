@@ -1,0 +1,194 @@
+//! # mink-postgres
+//!
+//! The production event store of mink: every store trait of [`mink_es`]
+//! ([`StreamWriter`](mink_es::StreamWriter), [`StreamReader`](mink_es::StreamReader),
+//! [`FeedReader`](mink_es::FeedReader), [`SnapshotStore`](mink_es::SnapshotStore),
+//! [`CheckpointStore`](mink_es::CheckpointStore)) on PostgreSQL ≥ 13, with the same
+//! semantics as [`mink_es::MemoryStore`], plus appends that join the caller's
+//! transaction ([`PgEventStore::append_in`]).
+//!
+//! ```no_run
+//! # async fn f() -> mink_es::Result<()> {
+//! use mink_es::{ExpectedVersion, NewEvent, StreamId, StreamWriter};
+//! use mink_es::subscription::{Subscription, SubscriptionOptions};
+//! use mink_postgres::PgEventStore;
+//!
+//! let store = PgEventStore::builder("postgres://app@localhost/app")
+//!     .schema("mink")
+//!     .build()
+//!     .await?;
+//! store.migrate().await?; // explicit; idempotent
+//!
+//! let order = StreamId::new("Order-1")?;
+//! store
+//!     .append(&order, ExpectedVersion::NoStream, vec![NewEvent::new("OrderPlaced", "{}")])
+//!     .await?;
+//!
+//! // Catch up, then follow live (LISTEN/NOTIFY wakes it, polling is the fallback).
+//! let mut sub = Subscription::new(store.clone(), SubscriptionOptions::category("Order"));
+//! let first = sub.next().await?;
+//! # let _ = first; Ok(()) }
+//! ```
+//!
+//! ## Schema
+//!
+//! Everything lives in one schema (default `mink`, see [`SchemaName`]), created and
+//! upgraded by [`PgEventStore::migrate`] from migrations embedded in the crate and
+//! recorded in `<schema>.mink_migrations` (see [`migrate`](mod@migrate)):
+//!
+//! | table | holds |
+//! |---|---|
+//! | `streams(stream_id PK, category, version, created_at, updated_at)` | each stream's current version |
+//! | `events(tx xid8, position bigint identity, event_id uuid, stream_id, category, version, event_type, schema_version, codec, payload bytea, metadata jsonb, recorded_at timestamptz)` | the events |
+//! | `snapshots(stream_id PK, aggregate_type, version, schema_version, codec, payload bytea, taken_at)` | the latest snapshot per stream |
+//! | `checkpoints(name PK, position bytea(16), updated_at)` | consumers' checkpoints |
+//!
+//! Indexes on `events`: primary key `(tx, position)` (the feed), unique
+//! `(stream_id, version)` (stream reads; versions can never collide) and unique
+//! `event_id` (idempotent appends). Names are `text COLLATE "C"`: compared byte for byte,
+//! fast, and immune to operating-system collation updates.
+//!
+//! A feed read filtered by category or event type walks the feed index and skips what
+//! does not match: a filtered catch-up costs a read of the feed (its cursor still
+//! advances past non-matching events, so the cost is paid once, not per page). Where a
+//! filter selects a small part of a large store, add an index for it with
+//! [`PgEventStore::create_category_index`] or [`PgEventStore::create_event_type_index`]
+//! (built concurrently, without blocking writers); each costs every append one more
+//! index insert, which is why they are not there by default.
+//!
+//! **Payloads** are stored as `bytea`, byte for byte, whatever their codec: the codec tag
+//! is a column, binary codecs work, and a JSON payload reads back exactly as written
+//! (a `jsonb` column would re-order keys and drop whitespace, and could not hold a
+//! payload that is not valid JSON). JSON stays queryable without paying for it on every
+//! append: the view `<schema>.events_json` adds a `data jsonb` column (NULL for other
+//! codecs), and the immutable function `<schema>.json_payload(codec, payload)` can back
+//! expression indexes:
+//!
+//! ```sql
+//! SELECT data ->> 'total' FROM mink.events_json WHERE event_type = 'OrderPlaced';
+//! CREATE INDEX ON mink.events ((mink.json_payload(codec, payload) ->> 'customerId'))
+//!   WHERE codec = 'json';
+//! ```
+//!
+//! Metadata is `jsonb` (NULL when empty); times are `timestamptz` (microseconds), taken
+//! from the server's `statement_timestamp()`.
+//!
+//! ## Appends
+//!
+//! One statement per append, one round trip: a CTE claims the stream's next versions on
+//! its `streams` row and the same statement inserts all events. The expected version
+//! decides the claim:
+//!
+//! * `Any`: `INSERT … ON CONFLICT (stream_id) DO UPDATE SET version = version + n`.
+//!   Concurrent creators of one new stream queue on the row and all succeed, in turn.
+//! * `NoStream` / `Exact(0)`: `INSERT … ON CONFLICT DO NOTHING`: of N concurrent
+//!   creators exactly one wins; the others wait for it and get [`mink_es::Error::Conflict`]
+//!   with the actual version.
+//! * `Exact(n)` / `StreamExists`: `UPDATE … WHERE version = n` (a compare-and-set that
+//!   re-checks after waiting for a concurrent writer).
+//!
+//! The events travel as scalars (one event), as arrays of ids and payloads with the
+//! shared type, schema version, codec and metadata once (the usual batch), or as one
+//! array per column; a batch returns one row (the transaction id and the positions).
+//!
+//! Idempotency rests on the unique `event_id` index. Through the pool, an append whose
+//! ids are stored fails on it and is rolled back; inside a caller's transaction (where a
+//! failed statement would abort the transaction) the statement checks every id first and
+//! writes nothing. Either way, when nothing was written a second statement reads the
+//! stream's version and the append's ids to tell a conflict from an idempotent repeat:
+//! the same ids at the same place return the original events with `deduplicated: true`,
+//! anywhere else [`mink_es::Error::DuplicateEventId`] (the rules of
+//! [`mink_es::store::check_idempotent_repeat`]). Retrying an append whose outcome is
+//! unknown (a connection lost during the commit) is therefore safe. Driver errors and
+//! SQLSTATEs are mapped in one place: see [`error`](mod@error).
+//!
+//! ## The global feed: transaction-id horizon
+//!
+//! A sequence alone cannot order a feed on PostgreSQL: positions are handed out at
+//! insert but become visible at commit, so a reader that saw position 11 may later
+//! find 10 committed behind it. This store uses the *transaction-id horizon*:
+//!
+//! * each event stores `tx = pg_current_xact_id()` (all events of one transaction share
+//!   it) and `position` from a sequence; the feed order is `(tx, position)`, and a
+//!   [`mink_es::Position`] is `Position::new(tx, position)`;
+//! * a read returns only rows with `tx < pg_snapshot_xmin(pg_current_snapshot())`:
+//!   every transaction below that horizon has finished, so that set of rows never
+//!   changes again, and a cursor walking it in `(tx, position)` order never skips;
+//! * a short page of a filtered read moves the cursor to the last event below the
+//!   horizon, computed in the same statement (same snapshot), so checkpoints of filtered
+//!   readers advance even when nothing matches;
+//! * a stream's events stay in version order in the feed: a transaction takes its id at
+//!   its first write, so one that wrote something else first can append to a stream
+//!   *after* a younger transaction did. The stream row remembers the id its last append
+//!   was stamped with, and an append stamps its events with the greater of that and its
+//!   own id. A stamp is never below the writer's real id, so "below the horizon" still
+//!   means "finished", and the feed stays gap-free; no append fails or retries for it.
+//!
+//! Trade-offs:
+//!
+//! * **A long-running write transaction anywhere in the cluster** (any database, any
+//!   table; `idle in transaction` sessions holding a transaction id; prepared two-phase
+//!   transactions) **holds the feed back** until it ends: events committed after it
+//!   started wait. Nothing is lost or reordered, and read-only transactions don't
+//!   count. Watch [`PgEventStore::feed_lag`], keep write transactions short, and set
+//!   `idle_in_transaction_session_timeout`. A transaction that rolls back just ends:
+//!   it never stalls the feed.
+//! * Order is transaction-id order, not commit order or position order. It is total,
+//!   stable and the same for every reader.
+//! * **Logical restores**: `pg_dump`/`pg_restore` into a younger cluster brings
+//!   transaction ids the new cluster has not reached, which would hide history.
+//!   [`PgEventStore::migrate`] and [`PgEventStore::verify`] refuse to proceed
+//!   ([`PgStoreError::TransactionIdsFromTheFuture`]). Physical backups and pg_upgrade
+//!   keep the ids and are safe. To repair, re-stamp history below the new horizon in
+//!   its old order (consumers must then restart from their translated or reset
+//!   checkpoints):
+//!
+//!   ```sql
+//!   BEGIN;
+//!   ALTER TABLE mink.events ALTER COLUMN position SET GENERATED BY DEFAULT;
+//!   UPDATE mink.events e SET tx = '1'::xid8, position = o.rn
+//!     FROM (SELECT tx, position, row_number() OVER (ORDER BY tx, position) AS rn
+//!           FROM mink.events) o
+//!     WHERE e.tx = o.tx AND e.position = o.position;
+//!   ALTER TABLE mink.events ALTER COLUMN position SET GENERATED ALWAYS;
+//!   SELECT setval(pg_get_serial_sequence('mink.events', 'position'),
+//!                 (SELECT max(position) FROM mink.events));
+//!   COMMIT;
+//!   ```
+//!
+//! ## Wake-ups
+//!
+//! [`FeedReader::feed_signal`](mink_es::FeedReader::feed_signal) is fed by a background
+//! `LISTEN` task on its own connection; appends through the pool are announced by a
+//! background task (`NOTIFY`, coalesced, with `synchronous_commit = off` so that it
+//! costs no disk flush); appends in a caller's transaction `NOTIFY` inside it. Local
+//! subscribers are woken directly after each append. Notifications are a hint: a lost
+//! one costs a subscriber one poll interval. Both tasks stop when the last store handle
+//! is dropped or when the builder's cancellation token fires.
+//!
+//! ## Features
+//!
+//! * `tls-rustls`: TLS through rustls with the webpki roots;
+//!   `tls-rustls-native-roots`: with the platform's roots. Select TLS with `sslmode` in
+//!   the URL (or [`sqlx::postgres::PgConnectOptions::ssl_mode`]).
+
+#![forbid(unsafe_code)]
+
+pub mod error;
+mod guard;
+mod lag;
+pub mod migrate;
+mod notify;
+mod row;
+mod schema;
+mod snapshot;
+mod store;
+
+pub use error::{PgStoreError, map_sqlx_error};
+pub use lag::{FeedLag, PreparedTransaction, Writer};
+pub use migrate::{LATEST_VERSION, MIGRATIONS, Migration, MigrationReport, migrate, verify};
+pub use schema::{MAX_SCHEMA_NAME_LEN, SchemaName};
+pub use store::{PgEventStore, PgEventStoreBuilder};
+
+/// Re-exported so that users name the same driver version.
+pub use sqlx;
