@@ -1,0 +1,228 @@
+//! The PostgreSQL backend: each workload on `mink_postgres::PgEventStore` and, in the
+//! same run, on raw sqlx ([`raw`]), against the server named by `MINK_POSTGRES_URL`.
+//!
+//! How the two are kept comparable:
+//!
+//! - Both sides get a fresh schema and their own pool of the same size (8 connections,
+//!   the W4 concurrency), set up (W3 writes its stream) and warm up (a tenth of their
+//!   work, at most 1,000 units, untimed) before anything is timed.
+//! - The timed work of each side is cut into 8 chunks, run alternately in ABBA order
+//!   (raw, mink, mink, raw, raw, mink, …). A commit on this machine costs one WAL
+//!   flush whose latency drifts by tens of percent over seconds; fine interleaving
+//!   spreads that drift over both sides, where a few long runs would not.
+//! - Each side checks its result afterwards, and both schemas are dropped.
+//! - The server's durability settings are left as they are (`fsync`,
+//!   `synchronous_commit`); the bench prints them.
+//!
+//! mink runs with its defaults: appends are announced with NOTIFY by a background task
+//! on one more connection of its own (coalesced, asynchronous commit).
+
+mod raw;
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use mink_postgres::PgEventStore;
+use mink_postgres::sqlx::{self, PgPool, postgres::PgPoolOptions};
+
+use crate::common::{Measurement, Sizes, split, warmup};
+use crate::workloads::{Appends, Concurrent, Loads};
+use crate::{Line, Workload};
+
+/// Connections per side: the W4 concurrency.
+const CONNECTIONS: u32 = 8;
+
+/// One side of the comparison.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Side {
+    Raw,
+    Mink,
+}
+
+/// The server URL, from `MINK_POSTGRES_URL`.
+pub fn url() -> Result<String> {
+    std::env::var("MINK_POSTGRES_URL")
+        .ok()
+        .filter(|u| !u.trim().is_empty())
+        .context("backend postgres needs MINK_POSTGRES_URL (postgres://user@host:port/db)")
+}
+
+/// Prints the server's version and durability settings to stderr.
+pub async fn describe_server(url: &str) -> Result<()> {
+    let pool = PgPoolOptions::new().max_connections(1).connect(url).await?;
+    let (version, fsync, sync_commit): (String, String, String) = sqlx::query_as(
+        "SELECT current_setting('server_version'), current_setting('fsync'), \
+         current_setting('synchronous_commit')",
+    )
+    .fetch_one(&pool)
+    .await?;
+    eprintln!("mink-bench: PostgreSQL {version}, fsync={fsync}, synchronous_commit={sync_commit}");
+    pool.close().await;
+    Ok(())
+}
+
+/// Timed chunks per side.
+const CHUNKS: usize = 8;
+
+/// The order of the timed chunks: ABBA, repeated.
+fn schedule(units: u64) -> Vec<(Side, u64)> {
+    let parts = split(units, CHUNKS);
+    let mut out = Vec::with_capacity(2 * CHUNKS);
+    for (k, part) in parts.into_iter().enumerate() {
+        if k % 2 == 0 {
+            out.extend([(Side::Raw, part), (Side::Mink, part)]);
+        } else {
+            out.extend([(Side::Mink, part), (Side::Raw, part)]);
+        }
+    }
+    out
+}
+
+/// Runs `workload` on mink-postgres and on raw sqlx, and reports a raw line and a mink
+/// line.
+pub async fn run(workload: Workload, sizes: &Sizes, payload: &Bytes) -> Result<Vec<Line>> {
+    let url = url()?;
+    let units = match workload {
+        Workload::W1 => sizes.w1_events,
+        Workload::W2 => sizes.w2_events / sizes.w2_batch as u64,
+        Workload::W3 => sizes.w3_loads,
+        Workload::W4 => sizes.w4_events_per_task,
+    };
+    let tag = format!("{}_{}", workload.name().to_lowercase(), std::process::id());
+    let raw_schema = format!("mink_bench_raw_{tag}");
+    let mink_schema = format!("mink_bench_mink_{tag}");
+    let raw_pool = pool(&url).await?;
+    let store = PgEventStore::builder(&url)
+        .schema(&mink_schema)
+        .max_connections(CONNECTIONS)
+        .acquire_timeout(Duration::from_secs(60))
+        .build()
+        .await?;
+    store.migrate().await?;
+    let mink_pool = store.pool().clone();
+    let db = raw::Db::create(raw_pool.clone(), &raw_schema).await;
+    let result = match db {
+        Ok(db) => measure(workload, sizes, units, payload, db, store).await,
+        Err(e) => Err(e),
+    };
+    drop_schema(&raw_pool, &raw_schema).await?;
+    drop_schema(&mink_pool, &mink_schema).await?;
+    raw_pool.close().await;
+    mink_pool.close().await;
+    let (raw_m, mink_m) = result?;
+    Ok(vec![
+        Line {
+            workload,
+            backend: "postgres",
+            implementation: "raw",
+            measurement: raw_m,
+            raw: None,
+        },
+        Line {
+            workload,
+            backend: "postgres",
+            implementation: "mink",
+            measurement: mink_m,
+            raw: Some(raw_m),
+        },
+    ])
+}
+
+/// Sets up and warms up both sides, then times them chunk by chunk.
+async fn measure(
+    workload: Workload,
+    sizes: &Sizes,
+    units: u64,
+    payload: &Bytes,
+    db: raw::Db,
+    store: PgEventStore,
+) -> Result<(Measurement, Measurement)> {
+    let mut raw_m = Measurement::default();
+    let mut mink_m = Measurement::default();
+    let warm = warmup(units);
+    let mut record = |side: Side, k: usize, (events, elapsed): (u64, Duration)| {
+        eprintln!(
+            "mink-bench:   {} chunk {k} ({side:?}): {events} events in {:.3} s",
+            workload.name(),
+            elapsed.as_secs_f64()
+        );
+        match side {
+            Side::Raw => raw_m.add((events, elapsed)),
+            Side::Mink => mink_m.add((events, elapsed)),
+        }
+    };
+    match workload {
+        Workload::W1 | Workload::W2 => {
+            let batch = batch(workload, sizes);
+            let mut raw = raw::Appends::new(db, sizes.streams, batch, payload.clone());
+            let mut mink = Appends::new(store, sizes.streams, batch, payload.clone())?;
+            raw.run(warm).await?;
+            mink.run(warm).await?;
+            for (k, (side, part)) in schedule(units).into_iter().enumerate() {
+                let m = match side {
+                    Side::Raw => raw.run(part).await?,
+                    Side::Mink => mink.run(part).await?,
+                };
+                record(side, k, m);
+            }
+            raw.verify((warm + units) * batch as u64).await?;
+            mink.verify((warm + units) * batch as u64).await?;
+        }
+        Workload::W3 => {
+            let mut raw = raw::Loads::setup(db, sizes.w3_stream_len, payload).await?;
+            let mut mink = Loads::setup(store, sizes.w3_stream_len, payload).await?;
+            raw.run(warm).await?;
+            mink.run(warm).await?;
+            for (k, (side, part)) in schedule(units).into_iter().enumerate() {
+                let m = match side {
+                    Side::Raw => raw.run(part).await?,
+                    Side::Mink => mink.run(part).await?,
+                };
+                record(side, k, m);
+            }
+        }
+        Workload::W4 => {
+            let mut raw = raw::Concurrent::new(db, sizes, payload.clone());
+            let mut mink = Concurrent::new(store, sizes, payload.clone())?;
+            raw.run(warm).await?;
+            mink.run(warm).await?;
+            for (k, (side, part)) in schedule(units).into_iter().enumerate() {
+                let m = match side {
+                    Side::Raw => raw.run(part).await?,
+                    Side::Mink => mink.run(part).await?,
+                };
+                record(side, k, m);
+            }
+            raw.verify((warm + units) * sizes.w4_tasks as u64).await?;
+            mink.verify((warm + units) * sizes.w4_tasks as u64).await?;
+        }
+    }
+    Ok((raw_m, mink_m))
+}
+
+async fn pool(url: &str) -> Result<PgPool> {
+    Ok(PgPoolOptions::new()
+        .max_connections(CONNECTIONS)
+        .acquire_timeout(Duration::from_secs(60))
+        .connect(url)
+        .await?)
+}
+
+async fn drop_schema(pool: &PgPool, schema: &str) -> Result<()> {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
+    )))
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Events per append of an append workload.
+fn batch(workload: Workload, sizes: &Sizes) -> usize {
+    if workload == Workload::W2 {
+        sizes.w2_batch
+    } else {
+        1
+    }
+}
