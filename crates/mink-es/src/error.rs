@@ -233,6 +233,24 @@ pub enum Error {
         source: crate::schema::UpcastError,
     },
 
+    /// An outbox route's transform failed for an event; the append wrote nothing.
+    #[error(
+        "outbox route to {destination:?} failed for event {event_type:?} in stream {stream} at version {version}: {source}"
+    )]
+    Outbox {
+        /// The stream of the event.
+        stream: StreamId,
+        /// The event's stream version.
+        version: u64,
+        /// The event's type name.
+        event_type: String,
+        /// The route's destination.
+        destination: String,
+        /// The transform's error.
+        #[source]
+        source: BoxError,
+    },
+
     /// A value could not be encoded.
     #[error("cannot encode {what}: {source}")]
     Encode {

@@ -51,6 +51,7 @@ pub mod command;
 pub mod error;
 pub mod event;
 pub mod memory;
+pub mod outbox;
 pub mod position;
 #[cfg(feature = "protobuf")]
 pub mod protobuf;

@@ -10,6 +10,8 @@ use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 
+use crate::outbox::Outbox;
+use crate::outbox::store::MemoryOutboxStore;
 use crate::snapshot::{CheckpointStore, Snapshot, SnapshotStore};
 use crate::store::{
     AppendResult, FeedFilter, FeedNotifier, FeedPage, FeedReader, FeedSignal, StoreLimits,
@@ -48,6 +50,7 @@ struct Inner {
     state: RwLock<State>,
     notifier: FeedNotifier,
     limits: StoreLimits,
+    outbox: Option<(Outbox, MemoryOutboxStore)>,
     snapshots: Mutex<HashMap<StreamId, Snapshot>>,
     checkpoints: Mutex<HashMap<String, Position>>,
 }
@@ -300,6 +303,22 @@ impl MemoryStore {
         }
     }
 
+    /// An empty store whose appends also write the outbox messages `outbox` routes, in
+    /// the same critical section as the events (see [`crate::outbox`]).
+    pub fn with_outbox(outbox: Outbox) -> Self {
+        MemoryStore {
+            inner: Arc::new(Inner {
+                outbox: Some((outbox, MemoryOutboxStore::new())),
+                ..Inner::default()
+            }),
+        }
+    }
+
+    /// The outbox messages of a store made with [`MemoryStore::with_outbox`].
+    pub fn outbox_store(&self) -> Option<MemoryOutboxStore> {
+        self.inner.outbox.as_ref().map(|(_, s)| s.clone())
+    }
+
     /// Number of events stored.
     pub fn event_count(&self) -> usize {
         self.inner.state.read().log.len()
@@ -386,6 +405,38 @@ impl StreamWriter for MemoryStore {
                 }
             }
 
+            let recorded_at = crate::event::now_coarse();
+            let stored: Vec<StoredEvent> = events
+                .into_iter()
+                .enumerate()
+                .map(|(i, e)| StoredEvent {
+                    id: e.id,
+                    stream_id: stream.clone(),
+                    version: current + 1 + i as u64,
+                    position: Position::new(0, (first_index + i) as u64 + 1),
+                    event_type: e.event_type,
+                    schema_version: e.schema_version,
+                    codec: e.codec,
+                    payload: e.payload,
+                    metadata: e.metadata,
+                    recorded_at,
+                })
+                .collect();
+            // Outbox messages are made before anything is stored: a failing route
+            // fails the append, which then leaves no trace.
+            let messages = match &self.inner.outbox {
+                Some((outbox, _)) => match outbox.messages_for(&stored) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        for undo in stored.iter().rev() {
+                            st.ids.remove(&undo.id);
+                        }
+                        return Err(e);
+                    }
+                },
+                None => Vec::new(),
+            };
+
             let stream_no = match stream_no {
                 Some(n) => n,
                 None => {
@@ -398,39 +449,27 @@ impl StreamWriter for MemoryStore {
                     n
                 }
             };
-            let recorded_at = crate::event::now_coarse();
             let micros = recorded_at.timestamp_micros();
-            let mut stored = Vec::with_capacity(n);
-            for (i, e) in events.into_iter().enumerate() {
-                let version = current + 1 + i as u64;
+            for e in &stored {
                 let record = Record {
                     id: e.id,
                     stream: stream_no,
                     event_type: st.event_types.intern(e.event_type.clone()),
                     codec: st.codecs.intern(e.codec.clone()),
                     schema_version: e.schema_version,
-                    version,
+                    version: e.version,
                     payload: e.payload.clone(),
                     metadata: e.metadata.clone(),
                     recorded_at: micros,
                 };
                 st.log.push(record);
-                stored.push(StoredEvent {
-                    id: e.id,
-                    stream_id: stream.clone(),
-                    version,
-                    position: Position::new(0, (first_index + i) as u64 + 1),
-                    event_type: e.event_type,
-                    schema_version: e.schema_version,
-                    codec: e.codec,
-                    payload: e.payload,
-                    metadata: e.metadata,
-                    recorded_at,
-                });
             }
             st.streams[stream_no as usize]
                 .events
                 .extend(first_index..first_index + n);
+            if let Some((_, outbox)) = &self.inner.outbox {
+                outbox.push(messages);
+            }
             AppendResult {
                 stream_id: stream.clone(),
                 events: stored,

@@ -12,6 +12,7 @@ pub mod command_stores;
 pub mod conformance;
 pub mod evolution;
 pub mod fixture;
+pub mod outbox;
 pub mod services;
 
 pub use conformance::StoreFactory;

@@ -43,3 +43,25 @@ impl mink_testing::command_stores::CommandStoreFactory for MemoryCommandStores {
 mod command_stores {
     mink_testing::command_store_tests!(async { Some(super::MemoryCommandStores) });
 }
+
+struct MemoryOutbox;
+
+impl mink_testing::outbox::OutboxFactory for MemoryOutbox {
+    type Store = MemoryStore;
+
+    async fn create(
+        &self,
+        outbox: mink_es::outbox::Outbox,
+    ) -> (
+        MemoryStore,
+        std::sync::Arc<dyn mink_es::outbox::OutboxStore>,
+    ) {
+        let store = MemoryStore::with_outbox(outbox);
+        let o = store.outbox_store().expect("configured");
+        (store, std::sync::Arc::new(o))
+    }
+}
+
+mod outbox {
+    mink_testing::outbox_tests!(async { Some(super::MemoryOutbox) });
+}
