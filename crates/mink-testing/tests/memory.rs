@@ -1,4 +1,5 @@
 //! The conformance suite on the in-memory store.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use mink_es::{MemoryStore, StreamId};
 use mink_testing::StoreFactory;
