@@ -25,6 +25,18 @@
 //! A transient error after `COMMIT` was sent leaves the outcome unknown. Retrying the
 //! same append (the same [`mink_es::NewEvent`]s, so the same event ids) is safe: a
 //! repeat of a committed append returns the original result.
+//!
+//! # The command stores
+//!
+//! [`PgIdempotencyStore`](crate::PgIdempotencyStore) and
+//! [`PgAuditStore`](crate::PgAuditStore) map driver errors with the same table, then
+//! say what failed: the source of an [`Error::Backend`] is wrapped in a note (`cannot
+//! claim idempotency key "…": …`) that keeps the original as its
+//! [`source`](std::error::Error::source) and keeps whether the error is transient, and
+//! the message of an [`Error::InvalidArgument`] is prefixed with it. The trait methods
+//! return the result boxed: `err.downcast_ref::<mink_es::Error>()` gets it back, and
+//! [`PgStoreError::find`] looks through the note. A row they cannot read back is an
+//! [`Error::Backend`], not transient, with [`PgStoreError::Corrupt`] naming the row.
 
 use mink_es::Error;
 
@@ -114,6 +126,17 @@ pub enum PgStoreError {
         attempts: u32,
     },
 
+    /// An idempotency key kept changing under [`claim`](mink_es::command::idempotency::IdempotencyStore::claim)
+    /// (released, purged or taken over between each attempt's decision and its read),
+    /// and the claim gave up. Transient: a retry settles it.
+    #[error("idempotency key {key:?} changed under {attempts} consecutive claim attempts")]
+    ClaimContended {
+        /// The key (cut to 64 characters).
+        key: String,
+        /// How many times the claim tried.
+        attempts: u32,
+    },
+
     /// A stored value could not be decoded.
     #[error("unexpected value in {what}: {detail}")]
     Corrupt {
@@ -125,12 +148,21 @@ pub enum PgStoreError {
 }
 
 impl PgStoreError {
-    /// The [`PgStoreError`] behind `error`, if it is one.
+    /// The [`PgStoreError`] behind `error`, if it is one: the source of an
+    /// [`Error::Backend`], or further down its chain of sources (the command stores
+    /// wrap sources in a note of what failed).
     pub fn find(error: &Error) -> Option<&PgStoreError> {
-        match error {
-            Error::Backend { source, .. } => source.downcast_ref::<PgStoreError>(),
-            _ => None,
+        let Error::Backend { source, .. } = error else {
+            return None;
+        };
+        let mut current: Option<&(dyn std::error::Error + 'static)> = Some(&**source);
+        while let Some(e) = current {
+            if let Some(found) = e.downcast_ref::<PgStoreError>() {
+                return Some(found);
+            }
+            current = e.source();
         }
+        None
     }
 }
 
@@ -140,6 +172,55 @@ impl From<PgStoreError> for Error {
             PgStoreError::InvalidSchemaName { .. } => Error::InvalidArgument(e.to_string()),
             other => Error::backend(false, other),
         }
+    }
+}
+
+/// Says what failed: wraps the source of an [`Error::Backend`] in `what` (keeping
+/// whether it is transient), and prefixes the message of an [`Error::InvalidArgument`]
+/// with it. Other errors pass through: they say what was wrong.
+///
+/// The wrapped source displays as `{what}: {source}` and keeps the original source as
+/// its [`source`](std::error::Error::source), so the driver's error and any
+/// [`PgStoreError`] can still be found ([`PgStoreError::find`]).
+pub(crate) fn context(e: Error, what: impl FnOnce() -> String) -> Error {
+    match e {
+        Error::Backend { transient, source } => Error::backend(
+            transient,
+            Context {
+                what: what(),
+                source,
+            },
+        ),
+        Error::InvalidArgument(message) => Error::InvalidArgument(format!("{}: {message}", what())),
+        other => other,
+    }
+}
+
+/// A source error, with what failed.
+#[derive(Debug)]
+struct Context {
+    what: String,
+    source: mink_es::BoxError,
+}
+
+impl std::fmt::Display for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.what, self.source)
+    }
+}
+
+impl std::error::Error for Context {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.source)
+    }
+}
+
+/// Cuts user input to a length that is safe to carry in an error.
+pub(crate) fn clip(s: &str) -> String {
+    const MAX: usize = 64;
+    match s.char_indices().nth(MAX) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_owned(),
     }
 }
 
@@ -275,5 +356,52 @@ mod tests {
         }
         .into();
         assert!(PgStoreError::find(&e).is_some());
+    }
+
+    #[test]
+    fn context_says_what_failed_and_keeps_the_source() {
+        let s = SchemaName::default();
+        let e = context(map(sqlx::Error::PoolTimedOut, &s), || {
+            "claiming \"k\"".into()
+        });
+        assert!(e.is_retryable(), "still transient");
+        assert!(e.to_string().contains("claiming \"k\": "), "{e}");
+        let Error::Backend { source, .. } = &e else {
+            panic!("not a backend error: {e:?}")
+        };
+        let driver = std::error::Error::source(&**source);
+        assert!(driver.is_some_and(|d| d.downcast_ref::<sqlx::Error>().is_some()));
+
+        let not_migrated: Error = PgStoreError::SchemaNotMigrated {
+            schema: s.clone(),
+            applied: None,
+            required: 2,
+        }
+        .into();
+        let e = context(not_migrated, || "appending".into());
+        assert!(!e.is_retryable());
+        assert!(matches!(
+            PgStoreError::find(&e),
+            Some(PgStoreError::SchemaNotMigrated { .. })
+        ));
+
+        let e = context(Error::InvalidArgument("bad".into()), || "storing".into());
+        assert!(
+            matches!(&e, Error::InvalidArgument(m) if m == "storing: bad"),
+            "{e:?}"
+        );
+        assert!(matches!(
+            context(Error::Closed, || unreachable!()),
+            Error::Closed
+        ));
+    }
+
+    #[test]
+    fn clip_cuts_long_input() {
+        assert_eq!(clip("short"), "short");
+        let long = "é".repeat(100);
+        let cut = clip(&long);
+        assert_eq!(cut.chars().count(), 65);
+        assert!(cut.ends_with('…'));
     }
 }

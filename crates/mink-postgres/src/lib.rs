@@ -5,7 +5,9 @@
 //! [`FeedReader`](mink_es::FeedReader), [`SnapshotStore`](mink_es::SnapshotStore),
 //! [`CheckpointStore`](mink_es::CheckpointStore)) on PostgreSQL ≥ 13, with the same
 //! semantics as [`mink_es::MemoryStore`], plus appends that join the caller's
-//! transaction ([`PgEventStore::append_in`]).
+//! transaction ([`PgEventStore::append_in`]) — and, in the same schema and on the same
+//! pool, the command bus's stores: [`PgIdempotencyStore`] and [`PgAuditStore`] (see
+//! [Command stores](#command-stores)).
 //!
 //! ```no_run
 //! # async fn f() -> mink_es::Result<()> {
@@ -42,10 +44,15 @@
 //! | `events(tx xid8, position bigint identity, event_id uuid, stream_id, category, version, event_type, schema_version, codec, payload bytea, metadata jsonb, recorded_at timestamptz)` | the events |
 //! | `snapshots(stream_id PK, aggregate_type, version, schema_version, codec, payload bytea, taken_at)` | the latest snapshot per stream |
 //! | `checkpoints(name PK, position bytea(16), updated_at)` | consumers' checkpoints |
+//! | `idempotency_keys(key PK, state, token uuid, output bytea, expires_at timestamptz)` | idempotency keys: a reservation or a stored result (see [`PgIdempotencyStore`]) |
+//! | `audit_log(seq bigint identity PK, id uuid, command_id uuid, command, aggregate_id, user_id, tenant_id, correlation_id, outcome, error_kind, error_message, started_at timestamptz, duration_us bigint)` | the audit log (see [`PgAuditStore`]) |
 //!
 //! Indexes on `events`: primary key `(tx, position)` (the feed), unique
 //! `(stream_id, version)` (stream reads; versions can never collide) and unique
-//! `event_id` (idempotent appends). Names are `text COLLATE "C"`: compared byte for byte,
+//! `event_id` (idempotent appends). Indexes on `idempotency_keys`: the key, and
+//! `expires_at` (purges); on `audit_log`: `(started_at, id, seq)`, `(user_id,
+//! started_at, id, seq)` and `(command, started_at, id, seq)`, one per query filter, each
+//! in the order queries return. Names are `text COLLATE "C"`: compared byte for byte,
 //! fast, and immune to operating-system collation updates.
 //!
 //! A feed read filtered by category or event type walks the feed index and skips what
@@ -156,6 +163,74 @@
 //!   COMMIT;
 //!   ```
 //!
+//! ## Command stores
+//!
+//! [`PgEventStore::idempotency_store`] and [`PgEventStore::audit_store`] give the stores
+//! the [`Idempotency`](mink_es::command::idempotency::Idempotency) and
+//! [`Audit`](mink_es::command::audit::Audit) middleware need, in the store's schema
+//! (tables `idempotency_keys` and `audit_log`, created by migration 2) and on its pool.
+//! Their semantics are those of the memory stores of [`mink_es::command`], shared by
+//! every process using the schema:
+//!
+//! * **A claim is atomic, in one statement**: `INSERT … ON CONFLICT (key) DO UPDATE …
+//!   WHERE expires_at <= clock_timestamp() RETURNING …` reserves a free key (no record,
+//!   or an expired one) under the key's row lock, so of any number of concurrent claims
+//!   exactly one wins. When it writes nothing, the same statement reads the holder's
+//!   state; if that read's snapshot predates the holder (it committed while the claim
+//!   waited for its row), the claim decides again on a fresh snapshot rather than guess.
+//! * **Expiry is decided by the database server's clock**, never the application's, so
+//!   application servers with skewed clocks agree. Reservation and result tokens guard
+//!   `complete` and `release`: an attempt that outlived its reservation cannot overwrite
+//!   the result of the attempt that took it over.
+//! * Audit queries filter by user, command type and time (`from` inclusive, `to`
+//!   exclusive) and come in `(started_at, id)` order, oldest or newest first, each
+//!   served by an index in that order. Times are kept to the microsecond.
+//! * Errors are boxed [`mink_es::Error`]s that say what failed and keep
+//!   [`is_retryable`](mink_es::Error::is_retryable) (a database that is down is a
+//!   transient [`mink_es::Error::Backend`]; a schema that was dropped is
+//!   [`PgStoreError::SchemaNotMigrated`], found with [`PgStoreError::find`]). With
+//!   [`Audit::fail_closed`](mink_es::command::audit::Audit::fail_closed), a command
+//!   whose audit entry cannot be written does not run.
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), mink_es::BoxError> {
+//! use mink_es::command::audit::{Audit, AuditQuery, AuditStore};
+//! use mink_es::command::idempotency::Idempotency;
+//! use mink_es::command::{Command, CommandBus, CommandContext, CommandError};
+//! use mink_es::Metadata;
+//! use mink_postgres::PgEventStore;
+//!
+//! #[derive(serde::Serialize, Clone)]
+//! struct Greet { name: String, request: String }
+//!
+//! impl Command for Greet {
+//!     const NAME: &'static str = "Greet";
+//!     type Output = String;
+//!     fn idempotency_key(&self) -> Option<String> { Some(self.request.clone()) }
+//! }
+//!
+//! let store = PgEventStore::connect("postgres://app@localhost/app").await?;
+//! store.migrate().await?;
+//! let mut bus = CommandBus::new();
+//! bus.use_middleware(Audit::new(store.audit_store()).fail_closed());
+//! bus.use_middleware(Idempotency::new(store.idempotency_store()));
+//! bus.register(|g: Greet, _ctx: CommandContext| async move {
+//!     Ok::<_, CommandError>(format!("hello, {}", g.name))
+//! })?;
+//!
+//! let ada = || CommandContext::new().with_metadata(Metadata::default().with_user_id("ada"));
+//! let greet = Greet { name: "ada".into(), request: "req-1".into() };
+//! assert_eq!(bus.dispatch_with(greet.clone(), ada()).await?, "hello, ada");
+//! // A duplicate, from this process or any other: the stored result, no second run.
+//! assert_eq!(bus.dispatch_with(greet, ada()).await?, "hello, ada");
+//!
+//! let entries = store
+//!     .audit_store()
+//!     .query(&AuditQuery { user_id: Some("ada".into()), ..Default::default() })
+//!     .await?;
+//! # let _ = entries; Ok(()) }
+//! ```
+//!
 //! ## Wake-ups
 //!
 //! [`FeedReader::feed_signal`](mink_es::FeedReader::feed_signal) is fed by a background
@@ -174,6 +249,7 @@
 
 #![forbid(unsafe_code)]
 
+mod command;
 pub mod error;
 mod guard;
 mod lag;
@@ -184,6 +260,7 @@ mod schema;
 mod snapshot;
 mod store;
 
+pub use command::{PgAuditStore, PgIdempotencyStore};
 pub use error::{PgStoreError, map_sqlx_error};
 pub use lag::{FeedLag, PreparedTransaction, Writer};
 pub use migrate::{LATEST_VERSION, MIGRATIONS, Migration, MigrationReport, migrate, verify};

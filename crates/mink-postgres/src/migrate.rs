@@ -39,14 +39,21 @@ impl Migration {
 }
 
 /// Every migration this crate ships, in order.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "init",
-    sql: include_str!("../migrations/0001_init.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "init",
+        sql: include_str!("../migrations/0001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "command stores",
+        sql: include_str!("../migrations/0002_command_stores.sql"),
+    },
+];
 
 /// The version of the last shipped migration.
-pub const LATEST_VERSION: i32 = 1;
+pub const LATEST_VERSION: i32 = 2;
 
 /// What [`migrate`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -210,5 +217,23 @@ mod tests {
             assert_eq!(m.checksum().len(), 16);
         }
         assert_eq!(last, LATEST_VERSION);
+    }
+
+    /// Shipped migrations are recorded by checksum in every schema they were applied
+    /// to: editing one would make `migrate` and `verify` refuse those schemas. Change
+    /// the schema with a new migration instead.
+    #[test]
+    fn shipped_migrations_never_change() {
+        let sums: Vec<(i32, String)> = MIGRATIONS
+            .iter()
+            .map(|m| (m.version, m.checksum()))
+            .collect();
+        assert_eq!(
+            sums,
+            [
+                (1, "6bb9a9f6a070e641".to_owned()),
+                (2, "ba784a33fd868142".to_owned())
+            ]
+        );
     }
 }

@@ -120,7 +120,7 @@ pub(crate) fn render(template: &str, schema: &SchemaName) -> String {
 pub(crate) struct Stmt(SqlStr);
 
 impl Stmt {
-    fn new(template: &str, schema: &SchemaName) -> Self {
+    pub(crate) fn new(template: &str, schema: &SchemaName) -> Self {
         // Safe: the template is a constant and the schema name is validated and quoted.
         Stmt(AssertSqlSafe(Arc::<str>::from(render(template, schema))).into_sql_str())
     }

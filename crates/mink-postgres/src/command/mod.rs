@@ -1,0 +1,231 @@
+//! The command bus's stores on PostgreSQL: idempotency keys and the audit log, in the
+//! schema (and on the pool) of a [`PgEventStore`](crate::PgEventStore).
+
+mod audit;
+mod idempotency;
+
+pub use audit::PgAuditStore;
+pub use idempotency::PgIdempotencyStore;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use mink_es::{BoxError, Error};
+use sqlx::encode::IsNull;
+use sqlx::error::BoxDynError;
+use sqlx::postgres::{PgArgumentBuffer, PgTypeInfo, PgValueRef};
+use sqlx::{Decode, Encode, Postgres, Type};
+
+use crate::error::context;
+
+/// The future type of the `mink_es::command` store traits (`futures::future::BoxFuture`).
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Turns a store error into the traits' [`BoxError`], saying what failed.
+fn boxed(e: Error, what: impl FnOnce() -> String) -> BoxError {
+    Box::new(context(e, what))
+}
+
+/// Time-to-lives from this many microseconds on (about 146,000 years) are kept as
+/// `'infinity'`: never expiring, and far from the end of PostgreSQL's time range.
+const FOREVER_MICROS: u128 = 1 << 62;
+
+/// A time-to-live as bound to [`deadline`]: whole microseconds, rounded up (so that a
+/// non-zero time-to-live never expires at once); `None` for "forever".
+fn ttl_micros(ttl: Duration) -> Option<i64> {
+    let micros = ttl.as_nanos().div_ceil(1000);
+    if micros >= FOREVER_MICROS {
+        None
+    } else {
+        i64::try_from(micros).ok()
+    }
+}
+
+/// The SQL of "the server's clock now, plus the time-to-live in parameter `$param`"
+/// (a `bigint` of microseconds from [`ttl_micros`], NULL for forever).
+///
+/// Integer arithmetic throughout, exact to the microsecond for every time-to-live:
+/// whole hours (`make_interval` multiplies them as integers), then the remaining whole
+/// seconds and microseconds. `interval '1 hour'` never means a calendar day, so the
+/// session's time zone plays no part.
+fn deadline(param: u8) -> String {
+    format!(
+        "COALESCE(clock_timestamp() \
+         + make_interval(hours => (${param} / 3600000000)::int4, \
+                         secs => ((${param} % 3600000000) / 1000000)::float8) \
+         + (${param} % 1000000) * interval '1 microsecond', 'infinity'::timestamptz)"
+    )
+}
+
+/// Unix time of PostgreSQL's epoch (2000-01-01 00:00:00 UTC), in microseconds.
+const PG_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
+/// The earliest `timestamptz` (4714-11-24 00:00:00 UTC BC), in [`PgTime`] microseconds.
+const PG_MIN_MICROS: i64 = -211_813_488_000_000_000;
+/// Just past the latest `timestamptz` (294277-01-01 00:00:00 UTC), in [`PgTime`]
+/// microseconds.
+const PG_END_MICROS: i64 = 9_223_371_331_200_000_000;
+
+/// A finite `timestamptz` as PostgreSQL sends it: microseconds since 2000-01-01 UTC.
+///
+/// Bound and read as such, so that nothing on the way can panic: a stored value that
+/// `chrono` cannot represent (`infinity`, say) is a `None` from
+/// [`PgTime::to_datetime`], never an overflow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct PgTime(i64);
+
+/// Where a time falls against PostgreSQL's range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum InRange {
+    /// Before the earliest `timestamptz`.
+    Before,
+    /// A `timestamptz`.
+    At(PgTime),
+    /// After the latest `timestamptz`.
+    After,
+}
+
+impl PgTime {
+    /// `t`, cut to the microsecond (towards the past, as [`mink_es::now_micros`] does).
+    fn floor(t: DateTime<Utc>) -> InRange {
+        PgTime::from_unix_micros(i128::from(t.timestamp_micros()))
+    }
+
+    /// `t`, rounded up to the next whole microsecond. Stored times are whole
+    /// microseconds, so for a stored `s`: `s >= t` exactly when `s >= ceil(t)`, and
+    /// `s < t` exactly when `s < ceil(t)`.
+    fn ceil(t: DateTime<Utc>) -> InRange {
+        let floor = i128::from(t.timestamp_micros());
+        let exact = t.timestamp_subsec_nanos().is_multiple_of(1000);
+        PgTime::from_unix_micros(if exact { floor } else { floor + 1 })
+    }
+
+    fn from_unix_micros(unix: i128) -> InRange {
+        let pg = unix - i128::from(PG_EPOCH_UNIX_MICROS);
+        if pg < i128::from(PG_MIN_MICROS) {
+            InRange::Before
+        } else if pg >= i128::from(PG_END_MICROS) {
+            InRange::After
+        } else {
+            // In range, so it fits.
+            i64::try_from(pg).map_or(InRange::After, |pg| InRange::At(PgTime(pg)))
+        }
+    }
+
+    /// The time, if `chrono` can represent it.
+    fn to_datetime(self) -> Option<DateTime<Utc>> {
+        self.0
+            .checked_add(PG_EPOCH_UNIX_MICROS)
+            .and_then(DateTime::from_timestamp_micros)
+    }
+}
+
+impl Type<Postgres> for PgTime {
+    fn type_info() -> PgTypeInfo {
+        <DateTime<Utc> as Type<Postgres>>::type_info()
+    }
+
+    fn compatible(ty: &PgTypeInfo) -> bool {
+        <DateTime<Utc> as Type<Postgres>>::compatible(ty)
+    }
+}
+
+impl Encode<'_, Postgres> for PgTime {
+    fn encode_by_ref(&self, buf: &mut PgArgumentBuffer) -> Result<IsNull, BoxDynError> {
+        <i64 as Encode<Postgres>>::encode_by_ref(&self.0, buf)
+    }
+}
+
+impl Decode<'_, Postgres> for PgTime {
+    fn decode(value: PgValueRef<'_>) -> Result<Self, BoxDynError> {
+        // Prepared statements receive the binary form: the 8-byte microsecond count.
+        Ok(PgTime(<i64 as Decode<Postgres>>::decode(value)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_to_lives_round_up_and_saturate_to_forever() {
+        assert_eq!(ttl_micros(Duration::ZERO), Some(0));
+        assert_eq!(ttl_micros(Duration::from_nanos(1)), Some(1));
+        assert_eq!(ttl_micros(Duration::from_micros(5)), Some(5));
+        assert_eq!(ttl_micros(Duration::from_nanos(5_001)), Some(6));
+        assert_eq!(ttl_micros(Duration::from_secs(3600)), Some(3_600_000_000));
+        assert_eq!(
+            ttl_micros(Duration::from_micros((1 << 62) - 1)),
+            Some((1 << 62) - 1)
+        );
+        assert_eq!(ttl_micros(Duration::from_micros(1 << 62)), None);
+        assert_eq!(ttl_micros(Duration::MAX), None);
+    }
+
+    #[test]
+    fn deadlines_use_the_parameter_everywhere() {
+        let sql = deadline(7);
+        assert_eq!(sql.matches("$7").count(), 3);
+        assert!(sql.contains("clock_timestamp()"));
+        assert!(!sql.contains("now()"));
+    }
+
+    #[test]
+    fn times_convert_within_postgres_range() {
+        let t = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+        assert_eq!(
+            PgTime::floor(t("2000-01-01T00:00:00Z")),
+            InRange::At(PgTime(0))
+        );
+        assert_eq!(
+            PgTime::floor(t("2000-01-01T00:00:00.0000019Z")),
+            InRange::At(PgTime(1))
+        );
+        assert_eq!(
+            PgTime::ceil(t("2000-01-01T00:00:00.0000011Z")),
+            InRange::At(PgTime(2))
+        );
+        assert_eq!(
+            PgTime::floor(t("1999-12-31T23:59:59.9999995Z")),
+            InRange::At(PgTime(-1))
+        );
+        assert_eq!(
+            PgTime::ceil(t("1999-12-31T23:59:59.9999995Z")),
+            InRange::At(PgTime(0))
+        );
+        // The first instant PostgreSQL stores is 4714-11-24 BC (year -4713).
+        let first = chrono::NaiveDate::from_ymd_opt(-4713, 11, 24)
+            .and_then(|d| d.and_hms_opt(0, 0, 0))
+            .unwrap()
+            .and_utc();
+        assert_eq!(PgTime::floor(first), InRange::At(PgTime(PG_MIN_MICROS)));
+        assert_eq!(
+            PgTime::floor(first - chrono::TimeDelta::nanoseconds(1)),
+            InRange::Before
+        );
+        assert_eq!(
+            PgTime::ceil(first - chrono::TimeDelta::nanoseconds(1)),
+            InRange::At(PgTime(PG_MIN_MICROS))
+        );
+        assert_eq!(PgTime::floor(DateTime::<Utc>::MIN_UTC), InRange::Before);
+        // chrono ends before PostgreSQL does.
+        assert!(matches!(
+            PgTime::ceil(DateTime::<Utc>::MAX_UTC),
+            InRange::At(_)
+        ));
+        assert_eq!(
+            PgTime::from_unix_micros(i128::from(PG_END_MICROS) + i128::from(PG_EPOCH_UNIX_MICROS)),
+            InRange::After
+        );
+        // Round trips, and values chrono cannot hold are None, not a panic.
+        let now = mink_es::now_micros();
+        let InRange::At(p) = PgTime::floor(now) else {
+            panic!("now is in range")
+        };
+        assert_eq!(p.to_datetime(), Some(now));
+        assert_eq!(PgTime(i64::MAX).to_datetime(), None);
+        assert_eq!(PgTime(i64::MIN).to_datetime(), None);
+        assert_eq!(PgTime(PG_END_MICROS - 1).to_datetime(), None);
+    }
+}
