@@ -6,7 +6,8 @@
 //! [`CheckpointStore`](mink_es::CheckpointStore)) on one SQLite file, with the same
 //! semantics as [`mink_es::MemoryStore`] — and, in the same file, the command bus's
 //! stores: [`SqliteIdempotencyStore`] and [`SqliteAuditStore`] (see
-//! [Command stores](#command-stores)).
+//! [Command stores](#command-stores)), and a transactional outbox,
+//! [`SqliteOutboxStore`] (see [Outbox](#outbox)).
 //!
 //! ```
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
@@ -43,6 +44,7 @@
 //!   row expires, in unix microseconds) and the audit log in `mink_audit` (one row per
 //!   entry, indexed by time, by user and by command type, each in `(started_at, id)`
 //!   order).
+//! * Outbox messages live in `mink_outbox` (see [Outbox](#outbox)).
 //!
 //! ## Command stores
 //!
@@ -94,6 +96,72 @@
 //! # });
 //! ```
 //!
+//! ## Outbox
+//!
+//! A store opened with [`SqliteStore::open_with_outbox`] writes, for every append, the
+//! messages its [`Outbox`](mink_es::outbox::Outbox) routes for the appended events
+//! ([`Outbox::messages_for`](mink_es::outbox::Outbox::messages_for)) into the table
+//! `mink_outbox`, inside the append's transaction, before it commits: a message exists
+//! if and only if its event does. A failing route or transform fails the append with
+//! [`mink_es::Error::Outbox`], and nothing is written. A store opened without an outbox
+//! appends exactly as before (no outbox code runs). Idempotent repeats of an append
+//! write no message again.
+//!
+//! [`SqliteStore::outbox_store`] gives the [`OutboxStore`](mink_es::outbox::OutboxStore)
+//! that an [`OutboxProcessor`](mink_es::outbox::OutboxProcessor) delivers from, on the
+//! store's connections. Any number of processors, in any number of processes and on
+//! handles opened with or without routes, can share the file: claims are atomic (one
+//! `BEGIN IMMEDIATE` transaction each), a message is leased to one owner at a time, and
+//! each (destination, stream) is delivered in order. See [`SqliteOutboxStore`].
+//!
+//! One row per message, in insertion order:
+//!
+//! | column | holds |
+//! |---|---|
+//! | `seq` | the order of the messages (`INTEGER PRIMARY KEY`) |
+//! | `id` | the message id (16 bytes, stable: from the event id and the destination) |
+//! | `destination`, `stream_id` | where it goes, and its ordering key |
+//! | `event_id`, `event_type`, `stream_version`, `position` | its event |
+//! | `codec`, `payload`, `metadata`, `created_at` | its body (TEXT when JSON), the event's metadata (JSON) and time |
+//! | `status` | `pending`, `delivered` or `dead` |
+//! | `attempts`, `next_attempt_at` | attempts so far (a claim counts as one), and when it is due again |
+//! | `lease_owner`, `lease_until` | who holds it, until when (both `NULL` when nobody does) |
+//! | `last_error`, `finished_at` | the last failure, and when it was delivered or dead-lettered |
+//!
+//! Times are unix microseconds. Indexes: `(status, seq)` to walk the pending messages
+//! and the dead letters in order, `(destination, stream_id, seq)` over the pending
+//! messages to find the oldest one of each stream, `(finished_at)` over the delivered
+//! messages for purging, and `(id)`.
+//!
+//! ```
+//! # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(async {
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use mink_es::outbox::publisher::RecordingPublisher;
+//! use mink_es::outbox::{Outbox, OutboxProcessor, OutboxStore, Route};
+//! use mink_es::{ExpectedVersion, NewEvent, StreamId, StreamWriter};
+//! use mink_sqlite::{SqliteConfig, SqliteStore};
+//!
+//! let dir = tempfile::tempdir().unwrap();
+//! let outbox = Outbox::new()
+//!     .route(Route::event_types("billing", ["OrderPlaced"]))?
+//!     .route(Route::categories("audit", ["Order"]))?;
+//! let store = SqliteStore::open_with_outbox(dir.path().join("app.db"), SqliteConfig::default(), outbox)?;
+//! store
+//!     .append(&StreamId::new("Order-1")?, ExpectedVersion::NoStream, vec![NewEvent::new("OrderPlaced", "{}")])
+//!     .await?;
+//!
+//! // Usually `processor.run(cancel)` in a background task; one round here.
+//! let publisher = RecordingPublisher::new(); // a webhook, Kafka, SNS, … publisher in production
+//! let processor = OutboxProcessor::new(Arc::new(store.outbox_store()))
+//!     .publisher("billing", publisher.clone())
+//!     .publisher("audit", publisher.clone());
+//! assert_eq!(processor.run_once().await?.delivered, 2);
+//! assert_eq!(store.outbox_store().counts().await?.delivered, 2);
+//! # Ok::<(), mink_es::Error>(())
+//! # });
+//! ```
+//!
 //! ## Execution model
 //!
 //! Every call runs its SQL synchronously on the calling thread (there is no thread hop
@@ -109,6 +177,7 @@
 mod command;
 mod config;
 mod error;
+mod outbox;
 mod row;
 mod schema;
 mod store;
@@ -116,5 +185,6 @@ mod store;
 pub use command::{SqliteAuditStore, SqliteIdempotencyStore};
 pub use config::{SqliteConfig, Synchronous};
 pub use error::SchemaTooNew;
+pub use outbox::SqliteOutboxStore;
 pub use schema::{LATEST_SCHEMA_VERSION, Migration, migrations};
 pub use store::SqliteStore;

@@ -114,6 +114,43 @@ const MIGRATIONS: &[Migration] = &[
             CREATE INDEX mink_audit_by_command ON mink_audit (command, started_at, id);
         ",
     },
+    Migration {
+        version: 4,
+        name: "outbox",
+        sql: "
+            CREATE TABLE mink_outbox (
+                seq             INTEGER PRIMARY KEY,
+                id              BLOB    NOT NULL,
+                destination     TEXT    NOT NULL,
+                stream_id       TEXT    NOT NULL,
+                event_id        BLOB    NOT NULL,
+                event_type      TEXT    NOT NULL,
+                stream_version  INTEGER NOT NULL,
+                position        INTEGER NOT NULL,
+                codec           TEXT    NOT NULL,
+                payload                 NOT NULL,
+                metadata        TEXT,
+                created_at      INTEGER NOT NULL,
+                status          TEXT    NOT NULL DEFAULT 'pending'
+                                CHECK (status IN ('pending', 'delivered', 'dead')),
+                attempts        INTEGER NOT NULL DEFAULT 0,
+                next_attempt_at INTEGER NOT NULL,
+                lease_owner     TEXT,
+                lease_until     INTEGER,
+                last_error      TEXT,
+                finished_at     INTEGER,
+                CHECK ((lease_owner IS NULL) = (lease_until IS NULL)),
+                CHECK (lease_owner IS NULL OR status = 'pending'),
+                CHECK ((status = 'pending') = (finished_at IS NULL))
+            );
+            CREATE INDEX mink_outbox_by_status ON mink_outbox (status, seq);
+            CREATE INDEX mink_outbox_pending_streams ON mink_outbox (destination, stream_id, seq)
+                WHERE status = 'pending';
+            CREATE INDEX mink_outbox_delivered ON mink_outbox (finished_at)
+                WHERE status = 'delivered';
+            CREATE INDEX mink_outbox_id ON mink_outbox (id);
+        ",
+    },
 ];
 
 /// The schema version a freshly opened store is at: the version of the last migration.

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use mink_es::outbox::Outbox;
 use mink_es::store::{FeedNotifier, check_idempotent_repeat, validate_append};
 use mink_es::{
     AppendResult, CheckpointStore, Error, ExpectedVersion, FeedFilter, FeedPage, FeedReader,
@@ -69,6 +70,11 @@ struct Inner {
     writer: Mutex<Connection>,
     next_reader: AtomicUsize,
     notifier: FeedNotifier,
+    /// The routes appends write outbox messages for (see [`SqliteStore::open_with_outbox`]).
+    outbox: Option<Outbox>,
+    /// Fires after appends that wrote outbox messages and after acknowledgements and
+    /// failures (see [`crate::SqliteOutboxStore`]).
+    outbox_notifier: FeedNotifier,
 }
 
 impl fmt::Debug for SqliteStore {
@@ -77,6 +83,7 @@ impl fmt::Debug for SqliteStore {
             .field("path", &self.inner.path)
             .field("schema_version", &self.inner.schema_version)
             .field("config", &self.inner.config)
+            .field("outbox", &self.inner.outbox)
             .finish_non_exhaustive()
     }
 }
@@ -102,7 +109,53 @@ impl SqliteStore {
     /// [`crate::SchemaTooNew`]); [`Error::InvalidArgument`] when `path` is not a file
     /// that can use WAL mode (such as `":memory:"`).
     pub fn open_with(path: impl AsRef<Path>, config: SqliteConfig) -> Result<Self> {
-        let path = path.as_ref().to_path_buf();
+        SqliteStore::open_inner(path.as_ref(), config, None)
+    }
+
+    /// Opens (creating it if needed) the store in the file at `path`, like
+    /// [`SqliteStore::open_with`], with a transactional outbox: every append also writes
+    /// the messages `outbox` routes for its events into the `mink_outbox` table, in the
+    /// same transaction as the events (see the [crate documentation](crate#outbox)).
+    ///
+    /// A route's transform runs inside the append's transaction, under the writer lock:
+    /// keep it quick. When a transform fails, the append fails with
+    /// [`Error::Outbox`] and writes nothing (no event, no message).
+    ///
+    /// Deliver the messages with an
+    /// [`OutboxProcessor`](mink_es::outbox::OutboxProcessor) over
+    /// [`SqliteStore::outbox_store`]. A handle opened without an outbox (by
+    /// [`SqliteStore::open`] or [`SqliteStore::open_with`]) can run processors on the
+    /// same file: only the writing needs the routes.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use mink_es::outbox::{OutboxStore, Outbox, Route};
+    /// use mink_es::{ExpectedVersion, NewEvent, StreamId, StreamWriter};
+    /// use mink_sqlite::{SqliteConfig, SqliteStore};
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let outbox = Outbox::new().route(Route::categories("billing", ["Order"]))?;
+    /// let store = SqliteStore::open_with_outbox(dir.path().join("app.db"), SqliteConfig::default(), outbox)?;
+    /// store
+    ///     .append(&StreamId::new("Order-1")?, ExpectedVersion::Any, vec![NewEvent::new("OrderPlaced", "{}")])
+    ///     .await?;
+    /// assert_eq!(store.outbox_store().counts().await?.pending, 1);
+    /// # Ok::<(), mink_es::Error>(())
+    /// # });
+    /// ```
+    ///
+    /// # Errors
+    /// As [`SqliteStore::open_with`].
+    pub fn open_with_outbox(
+        path: impl AsRef<Path>,
+        config: SqliteConfig,
+        outbox: Outbox,
+    ) -> Result<Self> {
+        SqliteStore::open_inner(path.as_ref(), config, Some(outbox))
+    }
+
+    fn open_inner(path: &Path, config: SqliteConfig, outbox: Option<Outbox>) -> Result<Self> {
+        let path = path.to_path_buf();
         let writer = Connection::open_with_flags(
             &path,
             OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -146,6 +199,8 @@ impl SqliteStore {
                 readers,
                 next_reader: AtomicUsize::new(0),
                 notifier: FeedNotifier::new(),
+                outbox,
+                outbox_notifier: FeedNotifier::new(),
             }),
         })
     }
@@ -158,6 +213,12 @@ impl SqliteStore {
     /// The configuration the store was opened with.
     pub fn config(&self) -> &SqliteConfig {
         &self.inner.config
+    }
+
+    /// The outbox routes appends write messages for, when the store was opened with
+    /// [`SqliteStore::open_with_outbox`].
+    pub fn outbox(&self) -> Option<&Outbox> {
+        self.inner.outbox.as_ref()
     }
 
     /// The schema version of the file, after the migrations applied when it was opened
@@ -191,6 +252,11 @@ impl SqliteStore {
         self.inner.writer.lock()
     }
 
+    /// The notifier of this handle's outbox signal.
+    pub(crate) fn outbox_notifier(&self) -> &FeedNotifier {
+        &self.inner.outbox_notifier
+    }
+
     /// Runs `f` on a read connection (the writer's when there are none).
     pub(crate) fn with_reader<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
         let readers = &self.inner.readers;
@@ -211,7 +277,7 @@ impl SqliteStore {
         &self,
         stream: &StreamId,
         expected: ExpectedVersion,
-        events: Vec<NewEvent>,
+        mut events: Vec<NewEvent>,
     ) -> Result<AppendResult> {
         validate_append(stream, &events, &self.inner.config.limits)?;
         // `validate_append` refuses an empty append; this keeps the code panic-free.
@@ -225,8 +291,14 @@ impl SqliteStore {
         let recorded_at = now_micros();
         let recorded_micros = recorded_at.timestamp_micros();
         let category = stream.category();
+        // Only a store with routes writes messages; the others keep the plain path.
+        let outbox = self
+            .inner
+            .outbox
+            .as_ref()
+            .filter(|o| !o.routes().is_empty());
 
-        let (current, positions) = {
+        let (current, positions, outboxed) = {
             let conn = self.inner.writer.lock();
             let tx = WriteTx::begin(&conn)?;
             let (current, first_stored) = conn
@@ -312,28 +384,43 @@ impl SqliteStore {
                     positions.push(position);
                 }
             }
+            // With an outbox, the messages are made from the stored events and written
+            // before the commit: a failing route rolls the whole append back.
+            let outboxed = match outbox {
+                None => None,
+                Some(outbox) => {
+                    let stored = stored_events(
+                        stream,
+                        current,
+                        recorded_at,
+                        std::mem::take(&mut events),
+                        std::mem::take(&mut positions),
+                    );
+                    let messages = outbox.messages_for(&stored)?;
+                    crate::outbox::insert_messages(
+                        &conn,
+                        &messages,
+                        &stored,
+                        &metadata,
+                        recorded_micros,
+                    )?;
+                    Some((stored, !messages.is_empty()))
+                }
+            };
             tx.commit()?;
-            (current, positions)
+            (current, positions, outboxed)
         };
         self.inner.notifier.notify();
 
-        let stored: Vec<StoredEvent> = events
-            .into_iter()
-            .zip(positions)
-            .enumerate()
-            .map(|(i, (e, position))| StoredEvent {
-                id: e.id,
-                stream_id: stream.clone(),
-                version: current + 1 + i as u64,
-                position: Position::new(0, position),
-                event_type: e.event_type,
-                schema_version: e.schema_version,
-                codec: e.codec,
-                payload: e.payload,
-                metadata: e.metadata,
-                recorded_at,
-            })
-            .collect();
+        let stored = match outboxed {
+            None => stored_events(stream, current, recorded_at, events, positions),
+            Some((stored, wrote_messages)) => {
+                if wrote_messages {
+                    self.inner.outbox_notifier.notify();
+                }
+                stored
+            }
+        };
         Ok(AppendResult {
             stream_id: stream.clone(),
             version: current + stored.len() as u64,
@@ -437,12 +524,18 @@ fn configure(conn: &Connection, config: &SqliteConfig) -> Result<()> {
 /// The payload as TEXT when it is JSON (so SQLite's JSON functions can read it), else
 /// as a BLOB. Read back as bytes either way.
 fn payload_value(e: &NewEvent) -> ToSqlOutput<'_> {
-    if e.codec.as_str() == "json"
-        && let Ok(text) = std::str::from_utf8(&e.payload)
+    payload_sql(e.codec.as_str(), &e.payload)
+}
+
+/// A payload of codec `codec` as TEXT when it is JSON, else as a BLOB.
+#[inline]
+pub(crate) fn payload_sql<'a>(codec: &str, payload: &'a [u8]) -> ToSqlOutput<'a> {
+    if codec == "json"
+        && let Ok(text) = std::str::from_utf8(payload)
     {
         return ToSqlOutput::Borrowed(ValueRef::Text(text.as_bytes()));
     }
-    ToSqlOutput::Borrowed(ValueRef::Blob(&e.payload))
+    ToSqlOutput::Borrowed(ValueRef::Blob(payload))
 }
 
 /// The largest position (0 when the store is empty).
@@ -541,6 +634,34 @@ fn prefer_position_scan(streams_size: i64, after: i64, head: i64, limit: i64) ->
             .unwrap_or(i64::MAX)
     };
     streams_size > left.min(per_page)
+}
+
+/// The stored form of the events of an append: `events` at `positions`, the first at
+/// version `current + 1`.
+fn stored_events(
+    stream: &StreamId,
+    current: u64,
+    recorded_at: chrono::DateTime<chrono::Utc>,
+    events: Vec<NewEvent>,
+    positions: Vec<u64>,
+) -> Vec<StoredEvent> {
+    events
+        .into_iter()
+        .zip(positions)
+        .enumerate()
+        .map(|(i, (e, position))| StoredEvent {
+            id: e.id,
+            stream_id: stream.clone(),
+            version: current + 1 + i as u64,
+            position: Position::new(0, position),
+            event_type: e.event_type,
+            schema_version: e.schema_version,
+            codec: e.codec,
+            payload: e.payload,
+            metadata: e.metadata,
+            recorded_at,
+        })
+        .collect()
 }
 
 /// The events stored under the ids of `events`, in append order, stopping at the first

@@ -614,11 +614,12 @@ async fn a_file_from_before_the_command_stores_is_upgraded_in_place() {
         .await
         .unwrap();
     }
-    // Turn the file back into one written by the previous schema version.
+    // Turn the file back into one written before the command stores (schema version
+    // 2): without their tables, nor those of the later migrations.
     raw(&path)
         .execute_batch(
-            "DROP TABLE mink_idempotency; DROP TABLE mink_audit; \
-             DELETE FROM mink_migrations WHERE version = 3;",
+            "DROP TABLE mink_idempotency; DROP TABLE mink_audit; DROP TABLE mink_outbox; \
+             DELETE FROM mink_migrations WHERE version >= 3;",
         )
         .unwrap();
     let store = SqliteStore::open(&path).unwrap();

@@ -17,19 +17,20 @@ use crate::error::context;
 /// The future type of the `mink_es::command` store traits (`futures::future::BoxFuture`).
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// The clock both stores decide by, in unix microseconds: the host's wall clock.
+/// The clock both stores (and [`crate::SqliteOutboxStore`]) decide by, in unix
+/// microseconds: the host's wall clock.
 ///
-/// Every expiry decision of [`SqliteIdempotencyStore`] reads the time here, once per
-/// operation and after taking the write lock. Every process sharing the file runs on
-/// the same host (SQLite's WAL mode does not work over network file systems), so they
-/// all share this clock.
-fn now_micros() -> i64 {
+/// Every expiry decision of [`SqliteIdempotencyStore`] and every lease decision of
+/// the outbox reads the time here, once per operation and after taking the write
+/// lock. Every process sharing the file runs on the same host (SQLite's WAL mode does
+/// not work over network file systems), so they all share this clock.
+pub(crate) fn now_micros() -> i64 {
     mink_es::now_micros().timestamp_micros()
 }
 
 /// `now + ttl`, rounded up to a whole microsecond (so that a non-zero time-to-live
 /// never expires at once), saturating at the end of time.
-fn deadline(now: i64, ttl: std::time::Duration) -> i64 {
+pub(crate) fn deadline(now: i64, ttl: std::time::Duration) -> i64 {
     let micros = i64::try_from(ttl.as_nanos().div_ceil(1000)).unwrap_or(i64::MAX);
     now.saturating_add(micros)
 }
