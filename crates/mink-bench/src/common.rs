@@ -1,5 +1,5 @@
 //! What every workload shares: the payload, event construction, stream names, sizes,
-//! and the timing schedule.
+//! and the timing schedules.
 
 use std::time::Duration;
 
@@ -80,12 +80,19 @@ pub struct Sizes {
     pub w4_events_per_task: u64,
     /// W4: streams each task appends to (round-robin, its own).
     pub w4_streams_per_task: usize,
+    /// BUS: commands per implementation, in total.
+    pub bus_commands: u64,
+    /// BUS: accounts (aggregates) the commands go round-robin over.
+    pub bus_accounts: usize,
+    /// W3D: how many times each implementation loads and decodes its whole stream
+    /// (of `w3_stream_len` events).
+    pub w3d_loads: u64,
 }
 
 /// The measured time of one implementation on one workload.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Measurement {
-    /// Events written or read in the timed sections.
+    /// Events written or read in the timed sections (commands, for BUS).
     pub events: u64,
     /// Total time of the timed sections.
     pub elapsed: Duration,
@@ -117,6 +124,41 @@ pub fn split(total: u64, parts: usize) -> Vec<u64> {
         .collect()
 }
 
+/// The order in which several sides of a comparison run: each side once, then each
+/// side again in reverse order (ABBA for two sides, ABCCBA for three), so that a slow
+/// drift of a shared machine hits every side alike.
+pub fn mirrored<K: Copy>(sides: &[K]) -> Vec<K> {
+    sides.iter().chain(sides.iter().rev()).copied().collect()
+}
+
+/// A finer schedule for sides that stay open from chunk to chunk: `units` is cut into
+/// `chunks` parts, and each part is run by every side, in order for even parts and in
+/// reverse order for odd ones (A B, B A, A B, …). Returns `(side, units)` in run order.
+pub fn chunked<K: Copy>(sides: &[K], units: u64, chunks: usize) -> Vec<(K, u64)> {
+    let mut out = Vec::with_capacity(sides.len() * chunks.max(1));
+    for (k, part) in split(units, chunks).into_iter().enumerate() {
+        if k % 2 == 0 {
+            out.extend(sides.iter().map(|&s| (s, part)));
+        } else {
+            out.extend(sides.iter().rev().map(|&s| (s, part)));
+        }
+    }
+    out
+}
+
+/// The CPU time the calling thread has used so far, from Linux's
+/// `/proc/thread-self/schedstat` (nanoseconds on the CPU); `None` elsewhere.
+///
+/// A diagnostic beside the wall-clock figures: on a machine shared with other work, a
+/// run's wall time also counts the time it waited for a CPU, its CPU time does not.
+/// It sees only this thread's work, which is all of it for the memory and SQLite
+/// stores (they run inline on the caller's thread) but not PostgreSQL's server side.
+pub fn thread_cpu_time() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let ns: u64 = stat.split_whitespace().next()?.parse().ok()?;
+    Some(Duration::from_nanos(ns))
+}
+
 /// Warm-up units (appends or loads) run before timing: a tenth of the work, at least 1
 /// and at most 1,000.
 pub fn warmup(units: u64) -> u64 {
@@ -133,6 +175,28 @@ mod tests {
         let p = payload().unwrap();
         assert_eq!(p.len(), PAYLOAD_LEN);
         let _: serde_json::Value = serde_json::from_slice(&p).unwrap();
+    }
+
+    #[test]
+    fn schedules_are_mirrored() {
+        assert_eq!(
+            mirrored(&['a', 'b', 'c']),
+            vec!['a', 'b', 'c', 'c', 'b', 'a']
+        );
+        let c = chunked(&['a', 'b'], 10, 4);
+        assert_eq!(
+            c,
+            vec![
+                ('a', 3),
+                ('b', 3),
+                ('b', 3),
+                ('a', 3),
+                ('a', 2),
+                ('b', 2),
+                ('b', 2),
+                ('a', 2)
+            ]
+        );
     }
 
     #[test]

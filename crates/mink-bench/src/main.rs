@@ -1,8 +1,9 @@
-//! `mink-bench`: mink's throughput on four workloads, side by side with the same work
-//! done through the raw database driver, measured in the same run.
+//! `mink-bench`: mink's throughput on six workloads, side by side with a baseline
+//! doing the same work (the raw database driver, the handler called directly, the
+//! plain decode path), measured in the same run.
 //!
 //! ```text
-//! cargo run -p mink-bench --release                         # everything (15-30 s)
+//! cargo run -p mink-bench --release                         # everything
 //! cargo run -p mink-bench --release -- --quick              # CI smoke run (seconds)
 //! cargo run -p mink-bench --release -- --backend sqlite --workload W3
 //! MINK_POSTGRES_URL=postgres://… cargo run -p mink-bench --release -- --backend postgres
@@ -15,6 +16,20 @@
 //! - **W2**: the same with 100 events per append.
 //! - **W3**: reading one 10,000-event stream whole, repeatedly.
 //! - **W4**: 8 concurrent tasks, each appending single events to its own streams.
+//! - **BUS** (`src/bus.rs`): sequential aggregate commands (an account deposit: load,
+//!   decide, save one event through a `Repository`) round-robin over 1,000 accounts
+//!   (10,000 on memory), in commands/s. `raw` calls the handler directly; `mink`
+//!   dispatches it through a `CommandBus` (`register_aggregate`) with the full
+//!   middleware stack (Recovery, Tracing, Logging, Metrics, Correlation, Validation,
+//!   Timeout, Retry); `mink-stores` adds fail-closed `Audit` and `Idempotency` on the
+//!   backend's own stores, which write to the database on every command. No `tracing`
+//!   subscriber and no `metrics` recorder is installed, as in a production application
+//!   that exports neither.
+//! - **W3D** (`src/decode.rs`): W3 with every event decoded into a serde domain event
+//!   enum through an `EventDecoder`: `json`, `msgpack` and `protobuf` (prost), then the
+//!   JSON stream stored at schema version 1 and read through a one-step upcaster to
+//!   version 2, `json-upcast-typed` (`Upcaster::to_event`) and `json-upcast-value`
+//!   (`Upcaster::value`). The time spent decoding alone goes to stderr.
 //!
 //! Every workload prints one line per implementation on stdout, and nothing else goes
 //! to stdout:
@@ -22,19 +37,30 @@
 //! ```text
 //! workload=W1 backend=sqlite impl=raw events_per_s=13000
 //! workload=W1 backend=sqlite impl=mink events_per_s=12345 ratio_to_raw=0.95
+//! workload=BUS backend=sqlite impl=mink commands_per_s=19000 ratio_to_raw=0.97
+//! workload=W3D backend=sqlite impl=json-upcast-typed events_per_s=830000 ratio_to_plain=0.76
 //! ```
 //!
-//! Raw lines carry no ratio; the memory backend has no raw baseline. Every figure comes
-//! from `std::time::Instant` around the timed loops. Progress goes to stderr.
+//! Raw lines carry no ratio; W1-W4 on the memory backend have no raw baseline. BUS
+//! lines other than `raw` carry `ratio_to_raw`; the W3D upcast lines carry
+//! `ratio_to_plain`, their events/s over `json`'s (above 0.67, the upcast path costs
+//! less than 1.5 times the plain one). Every figure comes from `std::time::Instant`
+//! around the timed loops, and every run checks afterwards, outside the timing, that
+//! the work was done. Progress goes to stderr.
 //!
-//! Fairness (see `src/sqlite/mod.rs`): each side's share of a workload is split into
-//! two runs done in ABBA order (raw, mink, mink, raw); each run has a fresh database
-//! file and its own connections, the same warm-up (a tenth of its work, at most 1,000
-//! units, untimed), and only one side's connections are open at a time. Events/s is
-//! total events over total timed time. The memory backend times one run, after a
-//! warm-up, on a fresh store.
+//! Fairness (see `src/sqlite/mod.rs` and `src/postgres/mod.rs`): on SQLite each side's
+//! share of a workload is split into runs done in mirrored order (raw, mink, mink, raw;
+//! for more sides A B C C B A); each run has a fresh database file and its own
+//! connections, the same warm-up (a tenth of its work, at most 1,000 units, untimed),
+//! and only one side's connections are open at a time. On PostgreSQL both sides stay
+//! open in fresh schemas and their work is cut into chunks run in alternating order.
+//! Events/s is total events over total timed time. The memory backend times W1-W4 in
+//! one run, after a warm-up, on a fresh store, and BUS and W3D in mirrored runs on
+//! fresh stores, as SQLite.
 
+mod bus;
 mod common;
+mod decode;
 mod memory;
 mod postgres;
 mod sqlite;
@@ -76,7 +102,13 @@ enum WorkloadArg {
     /// Concurrent single-event appends.
     #[value(name = "W4")]
     W4,
-    /// All four.
+    /// Aggregate commands through the command bus and its middleware.
+    #[value(name = "BUS")]
+    Bus,
+    /// Loading one long stream and decoding every event, per codec and upcaster.
+    #[value(name = "W3D")]
+    W3D,
+    /// All of them.
     #[value(name = "all")]
     All,
 }
@@ -92,10 +124,21 @@ pub enum Workload {
     W3,
     /// Concurrent single-event appends.
     W4,
+    /// Aggregate commands through the command bus.
+    Bus,
+    /// Loading and decoding one long stream.
+    W3D,
 }
 
 impl Workload {
-    const ALL: [Workload; 4] = [Workload::W1, Workload::W2, Workload::W3, Workload::W4];
+    const ALL: [Workload; 6] = [
+        Workload::W1,
+        Workload::W2,
+        Workload::W3,
+        Workload::W4,
+        Workload::Bus,
+        Workload::W3D,
+    ];
 
     fn name(self) -> &'static str {
         match self {
@@ -103,11 +146,22 @@ impl Workload {
             Workload::W2 => "W2",
             Workload::W3 => "W3",
             Workload::W4 => "W4",
+            Workload::Bus => "BUS",
+            Workload::W3D => "W3D",
+        }
+    }
+
+    /// The name of the throughput field of the workload's lines.
+    fn unit(self) -> &'static str {
+        match self {
+            Workload::Bus => "commands_per_s",
+            _ => "events_per_s",
         }
     }
 }
 
-/// mink's throughput on workloads W1-W4, with the raw driver's in the same run.
+/// mink's throughput on workloads W1-W4, BUS and W3D, with the baselines measured in the
+/// same run.
 #[derive(Parser, Debug)]
 #[command(name = "mink-bench", version, about, long_about = None)]
 struct Cli {
@@ -154,6 +208,21 @@ struct Cli {
     /// W4: events per task [default: 5,000; memory 100,000; quick 250].
     #[arg(long, value_name = "N")]
     w4_events_per_task: Option<u64>,
+
+    /// BUS: commands per implementation [default: 20,000; postgres 4,000; memory
+    /// 200,000; quick 1,000, postgres 400].
+    #[arg(long, value_name = "N")]
+    bus_commands: Option<u64>,
+
+    /// BUS: accounts the commands go round-robin over [default: 1,000; memory 10,000;
+    /// quick 100].
+    #[arg(long, value_name = "N")]
+    bus_accounts: Option<usize>,
+
+    /// W3D: loads of the stream per implementation (its length is --w3-stream-len)
+    /// [default: 50; memory 100; quick 3].
+    #[arg(long, value_name = "N")]
+    w3d_loads: Option<u64>,
 }
 
 impl Cli {
@@ -171,6 +240,15 @@ impl Cli {
                 w4_tasks: 8,
                 w4_events_per_task: 5_000,
                 w4_streams_per_task: 0,
+                // A command is a read and a commit; on PostgreSQL a commit waits for a
+                // WAL flush (about 1 ms on a disk), so it gets fewer.
+                bus_commands: if backend == Backend::Postgres {
+                    4_000
+                } else {
+                    20_000
+                },
+                bus_accounts: 1000,
+                w3d_loads: 50,
             },
             // The memory store is 100x faster: the SQLite sizes would time a few
             // milliseconds, too little for a stable figure.
@@ -184,6 +262,11 @@ impl Cli {
                 w4_tasks: 8,
                 w4_events_per_task: 100_000,
                 w4_streams_per_task: 0,
+                // As many events per account by the end of a run (about 5) as on the
+                // other backends.
+                bus_commands: 200_000,
+                bus_accounts: 10_000,
+                w3d_loads: 100,
             },
             (true, _) => Sizes {
                 streams: 1000,
@@ -195,6 +278,13 @@ impl Cli {
                 w4_tasks: 8,
                 w4_events_per_task: 250,
                 w4_streams_per_task: 0,
+                bus_commands: if backend == Backend::Postgres {
+                    400
+                } else {
+                    1_000
+                },
+                bus_accounts: 100,
+                w3d_loads: 3,
             },
         };
         s.streams = self.streams.unwrap_or(s.streams).max(1);
@@ -206,22 +296,65 @@ impl Cli {
         s.w4_tasks = self.w4_tasks.unwrap_or(s.w4_tasks).max(1);
         s.w4_events_per_task = self.w4_events_per_task.unwrap_or(s.w4_events_per_task);
         s.w4_streams_per_task = (s.streams / s.w4_tasks).max(1);
+        s.bus_commands = self.bus_commands.unwrap_or(s.bus_commands);
+        s.bus_accounts = self.bus_accounts.unwrap_or(s.bus_accounts).max(1);
+        s.w3d_loads = self.w3d_loads.unwrap_or(s.w3d_loads);
         s
     }
+}
+
+/// What a line's ratio compares against, measured in the same run.
+#[derive(Clone, Copy, Debug)]
+pub enum Baseline {
+    /// The raw baseline (`ratio_to_raw`): the raw driver, or for BUS the handler
+    /// called directly.
+    Raw(Measurement),
+    /// The plain path (`ratio_to_plain`): for W3D, JSON without upcasting.
+    Plain(Measurement),
 }
 
 /// One output line: one implementation's result on one workload.
 pub struct Line {
     /// The workload.
     pub workload: Workload,
-    /// `memory` or `sqlite`.
+    /// `memory`, `sqlite` or `postgres`.
     pub backend: &'static str,
-    /// `mink` or `raw`.
+    /// `raw`, `mink`, or the workload's own names (`mink-stores`, `json`, …).
     pub implementation: &'static str,
     /// What was measured.
     pub measurement: Measurement,
-    /// The raw baseline measured in the same run, for mink lines that have one.
-    pub raw: Option<Measurement>,
+    /// The baseline of the line's ratio, for lines that have one.
+    pub baseline: Option<Baseline>,
+}
+
+impl Line {
+    /// A line without a ratio.
+    pub fn new(
+        workload: Workload,
+        backend: &'static str,
+        implementation: &'static str,
+        measurement: Measurement,
+    ) -> Self {
+        Line {
+            workload,
+            backend,
+            implementation,
+            measurement,
+            baseline: None,
+        }
+    }
+
+    /// The same line with a `ratio_to_raw` against `raw`.
+    pub fn against_raw(mut self, raw: Measurement) -> Self {
+        self.baseline = Some(Baseline::Raw(raw));
+        self
+    }
+
+    /// The same line with a `ratio_to_plain` against `plain`.
+    pub fn against_plain(mut self, plain: Measurement) -> Self {
+        self.baseline = Some(Baseline::Plain(plain));
+        self
+    }
 }
 
 impl std::fmt::Display for Line {
@@ -229,16 +362,20 @@ impl std::fmt::Display for Line {
         let eps = self.measurement.events_per_s();
         write!(
             f,
-            "workload={} backend={} impl={} events_per_s={:.0}",
+            "workload={} backend={} impl={} {}={:.0}",
             self.workload.name(),
             self.backend,
             self.implementation,
+            self.workload.unit(),
             eps
         )?;
-        if let Some(raw) = &self.raw {
-            write!(f, " ratio_to_raw={:.2}", eps / raw.events_per_s())?;
+        match &self.baseline {
+            Some(Baseline::Raw(raw)) => write!(f, " ratio_to_raw={:.2}", eps / raw.events_per_s()),
+            Some(Baseline::Plain(plain)) => {
+                write!(f, " ratio_to_plain={:.2}", eps / plain.events_per_s())
+            }
+            None => Ok(()),
         }
-        Ok(())
     }
 }
 
@@ -270,6 +407,8 @@ fn run(cli: &Cli) -> Result<()> {
         WorkloadArg::W2 => vec![Workload::W2],
         WorkloadArg::W3 => vec![Workload::W3],
         WorkloadArg::W4 => vec![Workload::W4],
+        WorkloadArg::Bus => vec![Workload::Bus],
+        WorkloadArg::W3D => vec![Workload::W3D],
     };
     let payload = common::payload()?;
     let rt = tokio::runtime::Builder::new_multi_thread()

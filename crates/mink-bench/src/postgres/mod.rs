@@ -16,17 +16,27 @@
 //!
 //! mink runs with its defaults: appends are announced with NOTIFY by a background task
 //! on one more connection of its own (coalesced, asynchronous commit).
+//!
+//! BUS and W3D compare implementations that are all mink on `PgEventStore`, with the
+//! same chunked schedule (A B C, C B A, …): BUS gives each side (the handler called
+//! directly, through the bus, through the bus with the store-backed middlewares) a
+//! store in its own fresh schema, `mink-stores` keeping its idempotency keys and audit
+//! log in its store's schema (`PgEventStore::idempotency_store`, `audit_store`); W3D
+//! gives each codec and upcaster its own stream in one fresh schema.
 
 mod raw;
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, anyhow};
 use bytes::Bytes;
 use mink_postgres::PgEventStore;
 use mink_postgres::sqlx::{self, PgPool, postgres::PgPoolOptions};
 
-use crate::common::{Measurement, Sizes, split, warmup};
+use crate::bus::{self, CommandStores, Deposits};
+use crate::common::{Measurement, Sizes, chunked, split, warmup};
+use crate::decode::{self, Decode, DecodeResult, Decodes};
 use crate::workloads::{Appends, Concurrent, Loads};
 use crate::{Line, Workload};
 
@@ -65,6 +75,17 @@ pub async fn describe_server(url: &str) -> Result<()> {
 /// Timed chunks per side.
 const CHUNKS: usize = 8;
 
+/// Timed chunks per side of BUS: about 100 commands each at the default size. A
+/// command waits for a commit (two or more with `mink-stores`), whose latency on a
+/// shared server drifts by tens of percent within seconds; finer interleaving spreads
+/// that drift over every side.
+const BUS_CHUNKS: usize = 40;
+
+/// Timed chunks per side for `units` units: [`CHUNKS`], or fewer for fewer units.
+fn chunks(units: u64) -> usize {
+    usize::try_from(units).map_or(CHUNKS, |u| u.clamp(1, CHUNKS))
+}
+
 /// The order of the timed chunks: ABBA, repeated.
 fn schedule(units: u64) -> Vec<(Side, u64)> {
     let parts = split(units, CHUNKS);
@@ -88,18 +109,14 @@ pub async fn run(workload: Workload, sizes: &Sizes, payload: &Bytes) -> Result<V
         Workload::W2 => sizes.w2_events / sizes.w2_batch as u64,
         Workload::W3 => sizes.w3_loads,
         Workload::W4 => sizes.w4_events_per_task,
+        Workload::Bus => return run_bus(sizes, &url).await,
+        Workload::W3D => return run_w3d(sizes, payload, &url).await,
     };
     let tag = format!("{}_{}", workload.name().to_lowercase(), std::process::id());
     let raw_schema = format!("mink_bench_raw_{tag}");
     let mink_schema = format!("mink_bench_mink_{tag}");
     let raw_pool = pool(&url).await?;
-    let store = PgEventStore::builder(&url)
-        .schema(&mink_schema)
-        .max_connections(CONNECTIONS)
-        .acquire_timeout(Duration::from_secs(60))
-        .build()
-        .await?;
-    store.migrate().await?;
+    let store = open_store(&url, &mink_schema).await?;
     let mink_pool = store.pool().clone();
     let db = raw::Db::create(raw_pool.clone(), &raw_schema).await;
     let result = match db {
@@ -112,21 +129,151 @@ pub async fn run(workload: Workload, sizes: &Sizes, payload: &Bytes) -> Result<V
     mink_pool.close().await;
     let (raw_m, mink_m) = result?;
     Ok(vec![
-        Line {
-            workload,
-            backend: "postgres",
-            implementation: "raw",
-            measurement: raw_m,
-            raw: None,
-        },
-        Line {
-            workload,
-            backend: "postgres",
-            implementation: "mink",
-            measurement: mink_m,
-            raw: Some(raw_m),
-        },
+        Line::new(workload, "postgres", "raw", raw_m),
+        Line::new(workload, "postgres", "mink", mink_m).against_raw(raw_m),
     ])
+}
+
+/// A migrated store in the fresh schema `schema`, with a pool of [`CONNECTIONS`].
+async fn open_store(url: &str, schema: &str) -> Result<PgEventStore> {
+    let store = PgEventStore::builder(url)
+        .schema(schema)
+        .max_connections(CONNECTIONS)
+        .acquire_timeout(Duration::from_secs(60))
+        .build()
+        .await?;
+    store.migrate().await?;
+    Ok(store)
+}
+
+/// BUS: the handler called directly, through the bus, and through the bus with the
+/// store-backed middlewares, each side on a store in its own fresh schema.
+async fn run_bus(sizes: &Sizes, url: &str) -> Result<Vec<Line>> {
+    let sides = [bus::Side::Raw, bus::Side::Mink, bus::Side::MinkStores];
+    let pid = std::process::id();
+    let mut stores = Vec::with_capacity(sides.len());
+    let mut opened = Ok(());
+    for side in sides {
+        let schema = format!("mink_bench_bus_{}_{pid}", side.name().replace('-', "_"));
+        match open_store(url, &schema).await {
+            Ok(store) => stores.push((schema, store)),
+            Err(e) => {
+                // Drop what was created, whatever happened.
+                let pool = pool(url).await?;
+                drop_schema(&pool, &schema).await?;
+                pool.close().await;
+                opened = Err(e);
+                break;
+            }
+        }
+    }
+    let result = match opened {
+        Ok(()) => measure_bus(sizes, &sides, &stores).await,
+        Err(e) => Err(e),
+    };
+    for (schema, store) in &stores {
+        drop_schema(store.pool(), schema).await?;
+        store.pool().close().await;
+    }
+    Ok(bus::lines("postgres", &result?))
+}
+
+/// Sets up and warms up every BUS side, then times them chunk by chunk.
+async fn measure_bus(
+    sizes: &Sizes,
+    sides: &[bus::Side],
+    stores: &[(String, PgEventStore)],
+) -> Result<Vec<(bus::Side, Measurement)>> {
+    let mut ws = Vec::with_capacity(sides.len());
+    for (&side, (_, store)) in sides.iter().zip(stores) {
+        let command_stores = CommandStores {
+            idempotency: Arc::new(store.idempotency_store()),
+            audit: Arc::new(store.audit_store()),
+        };
+        ws.push(Deposits::new(
+            store.clone(),
+            side,
+            Some(command_stores),
+            sizes.bus_accounts,
+        )?);
+    }
+    let warm = warmup(sizes.bus_commands);
+    for w in &mut ws {
+        w.run(warm).await?;
+    }
+    let mut out: Vec<(bus::Side, Measurement)> =
+        sides.iter().map(|&s| (s, Measurement::default())).collect();
+    let n_chunks =
+        usize::try_from(sizes.bus_commands).map_or(BUS_CHUNKS, |u| u.clamp(1, BUS_CHUNKS));
+    for (k, (side, part)) in chunked(sides, sizes.bus_commands, n_chunks)
+        .into_iter()
+        .enumerate()
+    {
+        let i = sides.iter().position(|&s| s == side).unwrap_or_default();
+        let (commands, elapsed) = ws[i].run(part).await?;
+        eprintln!(
+            "mink-bench:   BUS chunk {k} ({}): {commands} commands in {:.3} s",
+            side.name(),
+            elapsed.as_secs_f64()
+        );
+        out[i].1.add((commands, elapsed));
+    }
+    for w in &ws {
+        w.verify().await?;
+    }
+    Ok(out)
+}
+
+/// W3D: each codec and upcaster on its own stream of one store in a fresh schema.
+async fn run_w3d(sizes: &Sizes, payload: &Bytes, url: &str) -> Result<Vec<Line>> {
+    let schema = format!("mink_bench_w3d_{}", std::process::id());
+    let store = match open_store(url, &schema).await {
+        Ok(store) => store,
+        Err(e) => {
+            let pool = pool(url).await?;
+            drop_schema(&pool, &schema).await?;
+            pool.close().await;
+            return Err(e);
+        }
+    };
+    let result = measure_w3d(sizes, payload, &store).await;
+    drop_schema(store.pool(), &schema).await?;
+    store.pool().close().await;
+    Ok(decode::lines("postgres", &result?))
+}
+
+/// Sets up and warms up every W3D implementation, then times them chunk by chunk.
+async fn measure_w3d(
+    sizes: &Sizes,
+    payload: &Bytes,
+    store: &PgEventStore,
+) -> Result<Vec<(Decode, DecodeResult)>> {
+    let mut ws = Vec::with_capacity(Decode::ALL.len());
+    for which in Decode::ALL {
+        ws.push(Decodes::setup(store.clone(), which, sizes.w3_stream_len, payload).await?);
+    }
+    let warm = warmup(sizes.w3d_loads);
+    for w in &mut ws {
+        w.run(warm).await?;
+    }
+    let mut out: Vec<(Decode, DecodeResult)> = Decode::ALL
+        .iter()
+        .map(|&d| (d, DecodeResult::default()))
+        .collect();
+    for (k, (which, part)) in chunked(&Decode::ALL, sizes.w3d_loads, chunks(sizes.w3d_loads))
+        .into_iter()
+        .enumerate()
+    {
+        let i = Decode::ALL
+            .iter()
+            .position(|&d| d == which)
+            .unwrap_or_default();
+        decode::timed(&mut ws[i], part, k, &mut out[i].1).await?;
+    }
+    for w in &ws {
+        w.verify()?;
+    }
+    Ok(out)
 }
 
 /// Sets up and warms up both sides, then times them chunk by chunk.
@@ -196,6 +343,9 @@ async fn measure(
             }
             raw.verify((warm + units) * sizes.w4_tasks as u64).await?;
             mink.verify((warm + units) * sizes.w4_tasks as u64).await?;
+        }
+        Workload::Bus | Workload::W3D => {
+            return Err(anyhow!("workload {} does not run here", workload.name()));
         }
     }
     Ok((raw_m, mink_m))

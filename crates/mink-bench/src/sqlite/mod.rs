@@ -13,6 +13,15 @@
 //!   pages (raw lost up to half its throughput that way).
 //! - The raw table is created from mink-sqlite's own migration and compared with
 //!   mink-sqlite's table at run time.
+//!
+//! BUS and W3D compare more than two implementations, all of them mink on
+//! `SqliteStore`, in the same way: mirrored order (A B C C B A), each run with a fresh
+//! database file, its own connections (only one run's are open at a time) and the
+//! same warm-up. W3D runs each implementation twice; BUS four times (the mirrored
+//! order twice), since a command's few tens of microseconds drift more on a shared
+//! machine than W3D's long loads. BUS's `mink-stores` keeps its idempotency keys and
+//! audit log in the same file (`SqliteStore::idempotency_store`,
+//! `SqliteStore::audit_store`).
 
 mod raw;
 
@@ -20,12 +29,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Result, ensure};
+use anyhow::{Result, anyhow, ensure};
 use bytes::Bytes;
 use mink_sqlite::SqliteStore;
 use rusqlite::{Connection, OpenFlags};
 
+use crate::bus::{self, CommandStores};
 use crate::common::{Measurement, Sizes, split, warmup};
+use crate::decode;
 use crate::workloads::{Appends, Concurrent, Loads};
 use crate::{Line, Workload};
 
@@ -54,6 +65,8 @@ pub async fn run(
         Workload::W2 => sizes.w2_events / sizes.w2_batch as u64,
         Workload::W3 => sizes.w3_loads,
         Workload::W4 => sizes.w4_events_per_task,
+        Workload::Bus => return run_bus(sizes, dir).await,
+        Workload::W3D => return run_w3d(sizes, payload, dir).await,
     };
     let halves = split(units, 2);
     let mut raw_m = Measurement::default();
@@ -83,21 +96,42 @@ pub async fn run(
         &dir.join(format!("{name}-1-mink.db")),
     )?;
     Ok(vec![
-        Line {
-            workload,
-            backend: "sqlite",
-            implementation: "raw",
-            measurement: raw_m,
-            raw: None,
-        },
-        Line {
-            workload,
-            backend: "sqlite",
-            implementation: "mink",
-            measurement: mink_m,
-            raw: Some(raw_m),
-        },
+        Line::new(workload, "sqlite", "raw", raw_m),
+        Line::new(workload, "sqlite", "mink", mink_m).against_raw(raw_m),
     ])
+}
+
+/// BUS: the handler called directly, through the bus, and through the bus with the
+/// store-backed middlewares, each run in a fresh database file under `dir`.
+async fn run_bus(sizes: &Sizes, dir: &Path) -> Result<Vec<Line>> {
+    let sides = [bus::Side::Raw, bus::Side::Mink, bus::Side::MinkStores];
+    let results = bus::mirrored_runs(sizes, &sides, async |side, k| {
+        let path = dir.join(format!("bus-{k}-{}.db", side.name()));
+        let store = SqliteStore::open(&path)?;
+        let stores = CommandStores {
+            idempotency: Arc::new(store.idempotency_store()),
+            audit: Arc::new(store.audit_store()),
+        };
+        Ok((store, Some(stores)))
+    })
+    .await?;
+    Ok(bus::lines("sqlite", &results))
+}
+
+/// W3D: each codec and upcaster, each run in a fresh database file under `dir`.
+async fn run_w3d(sizes: &Sizes, payload: &Bytes, dir: &Path) -> Result<Vec<Line>> {
+    let results = decode::mirrored_runs(sizes, payload, async |which, k| {
+        let path = dir.join(format!("w3d-{k}-{}.db", which.name()));
+        Ok(SqliteStore::open(&path)?)
+    })
+    .await?;
+    Ok(decode::lines("sqlite", &results))
+}
+
+/// The error of a workload that has no raw-driver or plain-store run here (BUS and
+/// W3D are run by their own functions).
+fn not_a_store_workload(workload: Workload) -> anyhow::Error {
+    anyhow!("workload {} does not run here", workload.name())
 }
 
 /// One raw run of `units` units of `workload` in a fresh database at `path`.
@@ -134,6 +168,7 @@ async fn run_raw(
             w.verify((warm + units) * sizes.w4_tasks as u64)?;
             Ok(measured)
         }
+        Workload::Bus | Workload::W3D => Err(not_a_store_workload(workload)),
     }
 }
 
@@ -168,6 +203,7 @@ async fn run_mink(
             w.verify((warm + units) * sizes.w4_tasks as u64).await?;
             Ok(measured)
         }
+        Workload::Bus | Workload::W3D => Err(not_a_store_workload(workload)),
     }
 }
 
