@@ -589,9 +589,13 @@ impl SchemaRegistryBuilder {
                     .push(u.event_type.clone());
             }
         }
+        let mut by_type: Steps = Steps::default();
+        for ((event_type, version), u) in steps {
+            by_type.entry(event_type).or_default().insert(version, u);
+        }
         Ok(SchemaRegistry {
             types: self.types,
-            steps,
+            steps: by_type,
             ancestors,
         })
     }
@@ -602,14 +606,22 @@ impl SchemaRegistryBuilder {
 #[derive(Debug, Default)]
 pub struct SchemaRegistry {
     types: BTreeMap<String, TypeEntry>,
-    steps: HashMap<(String, u32), Upcaster>,
+    /// Upcasters by type, then by the version they start from (looked up by `&str`,
+    /// without allocating, on every read of every event).
+    steps: Steps,
     ancestors: HashMap<String, Vec<String>>,
 }
+
+type Steps = HashMap<String, HashMap<u32, Upcaster>, foldhash::fast::RandomState>;
 
 impl SchemaRegistry {
     /// A builder.
     pub fn builder() -> SchemaRegistryBuilder {
         SchemaRegistryBuilder::default()
+    }
+
+    fn step(&self, event_type: &str, version: u32) -> Option<&Upcaster> {
+        self.steps.get(event_type)?.get(&version)
     }
 
     /// An empty registry: every type is at version 1 and nothing is upcast.
@@ -663,7 +675,10 @@ impl SchemaRegistry {
     /// Whether an event of this type and version needs upcasting; an error when its
     /// version is newer than the registry knows.
     pub fn needs_upcast(&self, event_type: &str, version: u32) -> Result<bool, UpcastError> {
-        if self.steps.contains_key(&(event_type.to_owned(), version)) {
+        if self.types.is_empty() && self.steps.is_empty() {
+            return Ok(false);
+        }
+        if self.step(event_type, version).is_some() {
             return Ok(true);
         }
         match self.types.get(event_type) {
@@ -701,17 +716,17 @@ impl SchemaRegistry {
             if steps > MAX_STEPS {
                 return Err(UpcastError::TooManySteps { event_type: origin });
             }
-            let key = (e.event_type.clone(), e.schema_version);
-            let Some(step) = self.steps.get(&key) else {
+            let Some(step) = self.step(&e.event_type, e.schema_version) else {
                 return Err(UpcastError::MissingStep {
-                    event_type: key.0,
-                    version: key.1,
                     current: self.current_version(&e.event_type),
+                    event_type: e.event_type,
+                    version: e.schema_version,
                 });
             };
+            let (event_type, version) = (e.event_type.clone(), e.schema_version);
             let out = (step.step)(e).map_err(|source| UpcastError::Failed {
-                event_type: key.0.clone(),
-                version: key.1,
+                event_type,
+                version,
                 source,
             })?;
             // Keep the order of split events: process them front to back.

@@ -634,7 +634,8 @@ const AGGREGATE_SAVE_RESENDS: u32 = 3;
 pub struct CommandBus {
     handlers: HashMap<TypeId, Arc<dyn ErasedHandler>>,
     names: HashMap<&'static str, TypeId>,
-    middleware: Vec<Arc<dyn Middleware>>,
+    /// The chain, shared by every dispatch (rebuilt when middleware is added).
+    middleware: Arc<[Arc<dyn Middleware>]>,
 }
 
 impl fmt::Debug for CommandBus {
@@ -654,7 +655,9 @@ impl CommandBus {
 
     /// Adds a middleware inside the ones added before.
     pub fn use_middleware(&mut self, m: impl Middleware) -> &mut Self {
-        self.middleware.push(Arc::new(m));
+        let mut chain = self.middleware.to_vec();
+        chain.push(Arc::new(m));
+        self.middleware = chain.into();
         self
     }
 
@@ -767,7 +770,7 @@ impl CommandBus {
             command: CommandEnvelope::new(command),
             context,
         };
-        let next = Next::new(self.middleware.clone().into(), handler.clone());
+        let next = Next::new(self.middleware.clone(), handler.clone());
         next.run(dispatch).await?.into_output::<C>()
     }
 }
