@@ -7,8 +7,9 @@
 //! ```
 //!
 //! Its code is in [`shop`]: two aggregates, their commands, a command bus with mink's
-//! middleware, and the scenario the binary narrates. `tests/shop.rs` runs the same
-//! scenario and checks its outcome.
+//! middleware, a transactional outbox delivering signed webhooks to a receiver in the
+//! same process ([`shop::webhooks`]), and the scenario the binary narrates.
+//! `tests/shop.rs` runs the same scenario and checks its outcome.
 //!
 //! Then [`observability`] watches the same bus: Prometheus metrics over HTTP and
 //! OpenTelemetry traces whose context reaches the stored events:

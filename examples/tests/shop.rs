@@ -1,18 +1,25 @@
 //! Runs the shop's scenario on a temporary SQLite file (and on the memory store) and
-//! checks how it ends: the domain's outcome, and what the command bus's middleware left
-//! behind (event metadata, the audit log, idempotent duplicates, retried conflicts).
+//! checks how it ends: the domain's outcome, what the command bus's middleware left
+//! behind (event metadata, the audit log, idempotent duplicates, retried conflicts), and
+//! what the outbox delivered to the webhook receiver.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use mink_es::command::audit::{AuditOutcome, AuditQuery, AuditRecord, AuditStore};
+use mink_es::outbox::store::OutboxCounts;
+use mink_es::outbox::{OutboxMessage, OutboxStore};
 use mink_es::prelude::*;
 use mink_es::{MemoryStore, Position, StoredEvent, StreamId, Uuid};
 use mink_examples::shop::scenario::read_all;
+use mink_examples::shop::webhooks::{
+    self, Handling, PARTNERS, REFUNDS, Receiver, UNAVAILABLE_ONCE, WAREHOUSE,
+};
 use mink_examples::shop::{self, CommandStores, Narrator, OrderStatus, ShopReport};
-use mink_sqlite::SqliteStore;
+use mink_sqlite::{SqliteConfig, SqliteStore};
+use mink_webhook::{WebhookPublisher, WebhookSecret};
 
 /// Events the scenario stores:
 ///
@@ -31,6 +38,11 @@ const EXPECTED_EVENTS: u64 = 22;
 /// refused, one sent twice), 2 payments, 2 shipments (one refused), 2 cancellations
 /// (one refused, one retried after a conflict) — 16 in all.
 const EXPECTED_DISPATCHES: usize = 16;
+
+/// Outbox messages the routes write: the 9 order events to partners, the 13 stock
+/// events to the warehouse, and the one cancellation that owes a refund (order 1002's;
+/// 1003 was never paid) to refunds.
+const EXPECTED_MESSAGES: [(&str, usize); 3] = [(PARTNERS, 9), (WAREHOUSE, 13), (REFUNDS, 1)];
 
 fn check(report: &ShopReport) {
     let status = |id: &str| report.orders[id].status;
@@ -263,6 +275,160 @@ fn check_provenance(report: &ShopReport, events: &[StoredEvent], audit: &[AuditR
     assert_eq!(alice_commands.len(), 2, "PlaceOrder and PayOrder");
 }
 
+/// What the outbox and the webhook receiver did, against the messages the routes must
+/// have written for the stored events.
+fn check_webhooks(report: &ShopReport, events: &[StoredEvent]) {
+    let w = &report.webhooks;
+    assert!(
+        w.receiver.starts_with("http://127.0.0.1:"),
+        "{}",
+        w.receiver
+    );
+    let expected = webhooks::outbox().unwrap().messages_for(events).unwrap();
+    let per_destination: BTreeMap<String, usize> = EXPECTED_MESSAGES
+        .iter()
+        .map(|(d, n)| (d.to_string(), *n))
+        .collect();
+    assert_eq!(w.routed, per_destination);
+    let total: usize = EXPECTED_MESSAGES.iter().map(|(_, n)| n).sum();
+    assert_eq!(expected.len(), total);
+    let id_of = |destination: &str, stream: &str, event_type: &str| -> String {
+        expected
+            .iter()
+            .find(|m| {
+                m.destination == destination
+                    && m.stream_id.as_str() == stream
+                    && m.event_type == event_type
+            })
+            .unwrap_or_else(|| panic!("no message {destination} {stream} {event_type}"))
+            .id
+            .to_string()
+    };
+
+    // Every request reached the receiver signed with the secret, and verified.
+    assert!(!w.requests.is_empty());
+    for q in &w.requests {
+        assert!(q.verified, "{q:?}");
+        assert_ne!(q.handling, Handling::Unauthorized, "{q:?}");
+    }
+
+    // Each routed message was processed exactly once (after de-duplication), at its
+    // endpoint, with its event's headers; nothing else was processed.
+    let processed: Vec<_> = w
+        .requests
+        .iter()
+        .filter(|q| q.handling == Handling::Processed)
+        .collect();
+    assert_eq!(processed.len(), total);
+    let processed_ids: HashSet<&str> = processed.iter().map(|q| q.webhook_id.as_str()).collect();
+    assert_eq!(processed_ids.len(), total, "no message processed twice");
+    for m in &expected {
+        let q = processed
+            .iter()
+            .find(|q| q.webhook_id == m.id.to_string())
+            .unwrap_or_else(|| {
+                panic!(
+                    "{} {} {} never processed",
+                    m.destination, m.stream_id, m.event_type
+                )
+            });
+        assert_eq!(
+            (
+                q.endpoint.as_str(),
+                q.stream_id.as_str(),
+                q.stream_version,
+                q.event_type.as_str()
+            ),
+            (
+                m.destination.as_str(),
+                m.stream_id.as_str(),
+                m.stream_version,
+                m.event_type.as_str()
+            )
+        );
+    }
+    assert!(
+        webhooks::in_stream_order(&w.requests),
+        "each stream in order"
+    );
+
+    // The retried message: 503, then 200, with the same webhook-id on both attempts.
+    let flaky = id_of(
+        UNAVAILABLE_ONCE.destination,
+        UNAVAILABLE_ONCE.stream,
+        UNAVAILABLE_ONCE.event_type,
+    );
+    assert_eq!(w.retried_id.as_deref(), Some(flaky.as_str()));
+    let attempts: Vec<_> = w
+        .requests
+        .iter()
+        .filter(|q| {
+            q.stream_id == UNAVAILABLE_ONCE.stream
+                && q.event_type == UNAVAILABLE_ONCE.event_type
+                && q.endpoint == PARTNERS
+        })
+        .map(|q| (q.webhook_id.as_str(), q.handling))
+        .collect();
+    assert_eq!(
+        attempts,
+        [
+            (flaky.as_str(), Handling::Unavailable),
+            (flaky.as_str(), Handling::Processed)
+        ]
+    );
+
+    // The redelivery by hand: answered, not processed again.
+    let paid = id_of(PARTNERS, "Order-1001", "OrderPaid");
+    assert_eq!(w.duplicate_id.as_deref(), Some(paid.as_str()));
+    let handled: Vec<Handling> = w
+        .requests
+        .iter()
+        .filter(|q| q.webhook_id == paid)
+        .map(|q| q.handling)
+        .collect();
+    assert_eq!(handled, [Handling::Processed, Handling::Duplicate]);
+
+    // The dead letter: refused with 400 once, listed, replayed, delivered.
+    let refund = id_of(REFUNDS, "Order-1002", "OrderCancelled");
+    assert_eq!(w.counts_before_replay.dead, 1);
+    assert_eq!(w.counts_before_replay.pending, 0);
+    assert_eq!(w.dead_letters.len(), 1);
+    let dead = &w.dead_letters[0];
+    assert_eq!(
+        (
+            dead.id.as_str(),
+            dead.destination.as_str(),
+            dead.stream_id.as_str(),
+            dead.attempts
+        ),
+        (refund.as_str(), REFUNDS, "Order-1002", 1)
+    );
+    assert!(dead.last_error.contains("permanent"), "{}", dead.last_error);
+    assert!(dead.last_error.contains("400"), "{}", dead.last_error);
+    assert_eq!(w.replayed, 1);
+    let handled: Vec<Handling> = w
+        .requests
+        .iter()
+        .filter(|q| q.webhook_id == refund)
+        .map(|q| q.handling)
+        .collect();
+    assert_eq!(handled, [Handling::Rejected, Handling::Processed]);
+
+    // Every request accounted for: one per message, plus the 503, the 400 and the
+    // duplicate.
+    assert_eq!(w.requests.len(), total + 3);
+
+    // At the end: everything delivered, nothing pending, nothing dead.
+    assert_eq!(
+        w.counts,
+        OutboxCounts {
+            pending: 0,
+            delivered: total as u64,
+            dead: 0
+        }
+    );
+}
+
 async fn full_audit(audit: &Arc<dyn AuditStore>) -> Vec<AuditRecord> {
     audit
         .query(&AuditQuery {
@@ -277,11 +443,18 @@ async fn full_audit(audit: &Arc<dyn AuditStore>) -> Vec<AuditRecord> {
 async fn the_shop_story_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("shop.db");
-    let store = SqliteStore::open(&path).unwrap();
+    let store =
+        SqliteStore::open_with_outbox(&path, SqliteConfig::default(), webhooks::outbox().unwrap())
+            .unwrap();
     let mut narrator = Narrator::quiet();
-    let report = shop::run(store.clone(), CommandStores::sqlite(&store), &mut narrator)
-        .await
-        .unwrap();
+    let report = shop::run(
+        store.clone(),
+        CommandStores::sqlite(&store),
+        Arc::new(store.outbox_store()),
+        &mut narrator,
+    )
+    .await
+    .unwrap();
     check(&report);
     assert!(
         narrator
@@ -310,18 +483,91 @@ async fn the_shop_story_on_sqlite() {
     let events = read_all(&reopened).await.unwrap();
     let audit = full_audit(&CommandStores::sqlite(&reopened).audit).await;
     check_provenance(&report, &events, &audit);
+    check_webhooks(&report, &events);
+    // The outbox is in the file too, every message delivered.
+    assert_eq!(
+        reopened.outbox_store().counts().await.unwrap(),
+        report.webhooks.counts
+    );
+    for q in &report.webhooks.requests {
+        let id: Uuid = q.webhook_id.parse().unwrap();
+        let (status, _) = reopened.outbox_store().status(id).await.unwrap().unwrap();
+        assert_eq!(status, mink_es::outbox::MessageStatus::Delivered);
+    }
 }
 
 #[tokio::test]
 async fn the_shop_story_on_the_memory_store() {
-    let store = MemoryStore::new();
+    let store = MemoryStore::with_outbox(webhooks::outbox().unwrap());
     let stores = CommandStores::memory();
-    let report = shop::run(store.clone(), stores.clone(), &mut Narrator::quiet())
-        .await
-        .unwrap();
+    let outbox = store.outbox_store().unwrap();
+    let report = shop::run(
+        store.clone(),
+        stores.clone(),
+        Arc::new(outbox.clone()),
+        &mut Narrator::quiet(),
+    )
+    .await
+    .unwrap();
     check(&report);
     assert_eq!(store.event_count() as u64, EXPECTED_EVENTS);
     let events = read_all(&store).await.unwrap();
     let audit = full_audit(&stores.audit).await;
     check_provenance(&report, &events, &audit);
+    check_webhooks(&report, &events);
+    assert_eq!(outbox.counts().await.unwrap(), report.webhooks.counts);
+}
+
+/// The receiver trusts nothing it cannot verify: a request signed with another secret,
+/// or not signed, is refused with 401 and not processed, while the right secret gets
+/// through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_receiver_refuses_what_it_cannot_verify() {
+    let secret = WebhookSecret::generate();
+    let receiver = Receiver::start(secret.clone()).await.unwrap();
+    let publisher = |secret: WebhookSecret| {
+        WebhookPublisher::builder()
+            .url(WAREHOUSE, receiver.url(WAREHOUSE))
+            .secret_key(secret)
+            .build()
+            .unwrap()
+    };
+    let store = MemoryStore::with_outbox(webhooks::outbox().unwrap());
+    store
+        .append(
+            &StreamId::new("Inventory-KB-01").unwrap(),
+            mink_es::ExpectedVersion::NoStream,
+            vec![mink_es::NewEvent::new("StockReceived", r#"{"quantity":1}"#)],
+        )
+        .await
+        .unwrap();
+    let event = &read_all(&store).await.unwrap()[0];
+    let message = OutboxMessage::from_event(event, WAREHOUSE);
+
+    let forged = publisher(WebhookSecret::generate()).deliver(&message).await;
+    let err = forged.unwrap_err();
+    assert_eq!(err.status().map(|s| s.as_u16()), Some(401), "{err}");
+    assert!(!err.is_retryable());
+    let genuine = publisher(secret);
+    genuine.deliver(&message).await.unwrap();
+    genuine.deliver(&message).await.unwrap();
+
+    let requests = receiver.requests();
+    let handled: Vec<(bool, Handling)> =
+        requests.iter().map(|q| (q.verified, q.handling)).collect();
+    assert_eq!(
+        handled,
+        [
+            (false, Handling::Unauthorized),
+            (true, Handling::Processed),
+            (true, Handling::Duplicate)
+        ]
+    );
+    assert!(
+        requests
+            .iter()
+            .all(|q| q.webhook_id == message.id.to_string())
+    );
+    drop((publisher, genuine));
+    receiver.stop().await.unwrap();
 }

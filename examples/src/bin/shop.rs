@@ -9,12 +9,17 @@
 //! It writes `./mink-shop.db`; pass another path as the first argument or in
 //! `MINK_SHOP_DB`. Each run starts from an empty file (a previous one is deleted), so the
 //! story is the same every time. The code is in `examples/src/shop/`.
+//!
+//! The store is opened with an outbox: the shop's events reach a webhook receiver that
+//! the binary runs on `127.0.0.1` (on a port the system picks), through an outbox
+//! processor in the background. Nothing leaves the machine.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context;
-use mink_examples::shop::{self, CommandStores, Narrator};
-use mink_sqlite::SqliteStore;
+use mink_examples::shop::{self, CommandStores, Narrator, webhooks};
+use mink_sqlite::{SqliteConfig, SqliteStore};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -34,10 +39,18 @@ async fn main() -> anyhow::Result<()> {
             "a new file"
         }
     ));
-    let store = SqliteStore::open(&path)
+    // The store writes the outbox messages its routes ask for in each append's
+    // transaction; the story delivers them to a webhook receiver in this process.
+    let store = SqliteStore::open_with_outbox(&path, SqliteConfig::default(), webhooks::outbox()?)
         .with_context(|| format!("cannot open the event store at {}", path.display()))?;
 
-    shop::run(store.clone(), CommandStores::sqlite(&store), &mut narrator).await?;
+    shop::run(
+        store.clone(),
+        CommandStores::sqlite(&store),
+        Arc::new(store.outbox_store()),
+        &mut narrator,
+    )
+    .await?;
 
     narrator.say("");
     narrator.say(format!(
@@ -51,6 +64,11 @@ async fn main() -> anyhow::Result<()> {
     narrator.say("and at the audit log of the commands with");
     narrator.say(format!(
         "  sqlite3 {} \"SELECT command, aggregate_id, user_id, outcome, error_kind FROM mink_audit ORDER BY seq\"",
+        path.display()
+    ));
+    narrator.say("and at the outbox messages, with how their delivery went, with");
+    narrator.say(format!(
+        "  sqlite3 {} \"SELECT destination, stream_id, event_type, status, attempts, last_error FROM mink_outbox ORDER BY seq\"",
         path.display()
     ));
     Ok(())

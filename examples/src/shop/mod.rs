@@ -8,7 +8,12 @@
 //! | [`commands`] | the commands: `ReceiveStock`, `PlaceOrder`, `PayOrder`, `ShipOrder`, `CancelOrder` |
 //! | [`service`] | the bus with mink's middleware, and the command handlers |
 //! | [`faults`] | a store wrapper that loses a reply or holds a save, to show retries |
+//! | [`webhooks`] | the outbox routes, a webhook receiver, and the outbox processor that delivers to it |
 //! | [`scenario`] | the story the `shop` binary tells, on any store |
+//!
+//! The store is opened with the [outbox routes](webhooks::outbox), so every append also
+//! writes the messages for its events in the same transaction; an outbox processor
+//! delivers them in the background, as signed webhooks, to a receiver in the same process.
 //!
 //! Run it with `cargo run -p mink-examples --bin shop`.
 
@@ -18,9 +23,11 @@ pub mod inventory;
 pub mod order;
 pub mod scenario;
 pub mod service;
+pub mod webhooks;
 
 pub use commands::{CancelOrder, OrderOutcome, PayOrder, PlaceOrder, ReceiveStock, ShipOrder};
 pub use inventory::{Inventory, InventoryError, InventoryEvent};
 pub use order::{Order, OrderError, OrderEvent, OrderLine, OrderStatus};
 pub use scenario::{Narrator, ShopReport, run};
 pub use service::{Caller, CommandStores, Dispatched, HandlerRun, Shop, ShopError};
+pub use webhooks::{Received, Receiver, WebhookReport, Webhooks};

@@ -2,10 +2,12 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::sync::Arc;
 use std::time::Duration;
 
 use mink_es::command::CommandError;
 use mink_es::command::audit::{AuditOutcome, AuditQuery, AuditRecord};
+use mink_es::outbox::{MessageStatus, OutboxMessage, OutboxStore};
 use mink_es::prelude::*;
 use mink_es::subscription::{Subscription, SubscriptionOptions};
 use mink_es::{EventDecoder, FeedFilter, Position, ReplayMode, SerdeEvents, StoredEvent, StreamId};
@@ -16,6 +18,10 @@ use super::inventory::InventoryEvent;
 use super::order::{OrderLine, OrderStatus};
 use super::service::{
     Caller, CommandStores, Dispatched, HandlerRun, SNAPSHOT_EVERY, Shop, ShopError,
+};
+use super::webhooks::{
+    self, DeadLetterSummary, PARTNERS, REFUNDS, UNAVAILABLE_ONCE, WAREHOUSE, WebhookReport,
+    Webhooks,
 };
 
 /// The products of the shop: SKU, name, unit price in cents, units delivered at opening.
@@ -142,6 +148,8 @@ pub struct ShopReport {
     pub events_in_store: u64,
     /// The feed's head position at the end.
     pub head: Position,
+    /// What the outbox delivered to the webhook receiver.
+    pub webhooks: WebhookReport,
 }
 
 /// Hands out client request ids: `req-001`, `req-002`, …
@@ -157,9 +165,16 @@ impl RequestIds {
 
 /// Tells the whole story on `store`, which should be empty, keeping idempotency keys
 /// and the audit log in `stores`, and returns what happened.
+///
+/// `store` must have been opened with the shop's outbox routes ([`webhooks::outbox`]),
+/// and `outbox` is where it keeps their messages (`SqliteStore::outbox_store`,
+/// `MemoryStore::outbox_store`): an outbox processor delivers them in the background,
+/// for the whole story, to a webhook receiver on `127.0.0.1`; part 10 shows what arrived
+/// and stops both.
 pub async fn run<S>(
     store: S,
     stores: CommandStores,
+    outbox: Arc<dyn OutboxStore>,
     n: &mut Narrator,
 ) -> Result<ShopReport, ShopError>
 where
@@ -188,6 +203,15 @@ where
          logging, metrics, correlation, audit (fail-closed), validation, idempotency, \
          timeout, retry.",
     );
+    // Partners hear about it through webhooks, delivered in the background all along.
+    let webhooks = Webhooks::start(outbox).await?;
+    report.webhooks.receiver = webhooks.receiver().base_url();
+    n.say(format!(
+        "Partners hear about it through webhooks: each append also writes outbox messages \
+         for its events, in the same transaction, and an outbox processor delivers them in \
+         the background to a webhook receiver at {} (see part 10).",
+        report.webhooks.receiver
+    ));
 
     // ------------------------------------------------------------------------------
     n.heading("1. The warehouse receives stock");
@@ -561,6 +585,10 @@ where
     }
 
     // ------------------------------------------------------------------------------
+    n.heading("10. Partners hear about it: the outbox delivers webhooks");
+    tell_webhooks(&store, webhooks, &mut report.webhooks, n).await?;
+
+    // ------------------------------------------------------------------------------
     n.heading("Summary");
     n.say("orders:");
     for id in ["1001", "1002", "1003", "1004"] {
@@ -620,7 +648,241 @@ where
         "events in the store: {}; feed head position: {}",
         report.events_in_store, report.head
     ));
+    let counts = report.webhooks.counts;
+    n.say(format!(
+        "outbox messages: {} delivered, {} pending, {} dead",
+        counts.delivered, counts.pending, counts.dead
+    ));
     Ok(report)
+}
+
+/// Part 10: what the outbox delivered, a retry, a redelivery the receiver de-duplicates,
+/// and a dead letter replayed; then the processor and the receiver stop.
+async fn tell_webhooks<S: EventStore>(
+    store: &S,
+    webhooks: Webhooks,
+    r: &mut WebhookReport,
+    n: &mut Narrator,
+) -> Result<(), ShopError> {
+    let outbox = webhooks.outbox().clone();
+    r.counts_before_replay = webhooks.settle().await?;
+    // The messages the routes wrote, worked out again from the stored events (a message's
+    // id comes from its event's id and its destination, so these are the same ids), and
+    // counted when the outbox holds them.
+    let messages = webhooks::outbox()?.messages_for(&read_all(store).await?)?;
+    for m in &messages {
+        if outbox.status(m.id).await?.is_some() {
+            *r.routed.entry(m.destination.clone()).or_default() += 1;
+        }
+    }
+    let routed = |d: &str| r.routed.get(d).copied().unwrap_or(0);
+    n.say(format!(
+        "the appends wrote {} outbox messages: {} for {PARTNERS} (order events), {} for \
+         {WAREHOUSE} (stock events), {} for {REFUNDS} (cancellations that owe a refund)",
+        r.routed.values().sum::<usize>(),
+        routed(PARTNERS),
+        routed(WAREHOUSE),
+        routed(REFUNDS)
+    ));
+    let find = |destination: &str, stream: &str, event_type: &str| {
+        messages.iter().find(|m| {
+            m.destination == destination
+                && m.stream_id.as_str() == stream
+                && m.event_type == event_type
+        })
+    };
+    let requests = webhooks.receiver().requests();
+    let answers = |id: &str| -> Vec<String> {
+        requests
+            .iter()
+            .filter(|q| q.webhook_id == id)
+            .map(|q| q.handling.to_string())
+            .collect()
+    };
+
+    let mut to_partners: Vec<&OutboxMessage> = messages
+        .iter()
+        .filter(|m| m.destination == PARTNERS)
+        .collect();
+    to_partners.sort_by(|a, b| {
+        (a.stream_id.as_str(), a.stream_version).cmp(&(b.stream_id.as_str(), b.stream_version))
+    });
+    n.say(format!(
+        "{PARTNERS} received these, {}:",
+        if webhooks::in_stream_order(&requests) {
+            "each order's messages in the order of its stream"
+        } else {
+            "but NOT each order's messages in the order of its stream (unexpected)"
+        }
+    ));
+    n.say("  webhook-id                            stream      v  event           status");
+    for m in to_partners {
+        n.say(format!(
+            "  {}  {:<10}  {}  {:<14}  {}",
+            m.id,
+            m.stream_id.as_str(),
+            m.stream_version,
+            m.event_type,
+            status_of(outbox.as_ref(), m).await?
+        ));
+    }
+    let mut warehouse_attempts = 0;
+    let mut warehouse_delivered = 0;
+    for m in messages.iter().filter(|m| m.destination == WAREHOUSE) {
+        if let Some((status, attempts)) = outbox.status(m.id).await? {
+            warehouse_attempts += attempts;
+            warehouse_delivered += usize::from(status == MessageStatus::Delivered);
+        }
+    }
+    n.say(format!(
+        "{WAREHOUSE} received {warehouse_delivered} of its {} stock messages, in {warehouse_attempts} attempts",
+        routed(WAREHOUSE)
+    ));
+
+    // The retry.
+    let flaky = find(
+        UNAVAILABLE_ONCE.destination,
+        UNAVAILABLE_ONCE.stream,
+        UNAVAILABLE_ONCE.event_type,
+    )
+    .ok_or_else(|| ShopError::Story("no message for order 1001's OrderPlaced".into()))?;
+    r.retried_id = Some(flaky.id.to_string());
+    n.say(format!(
+        "a retry: the {PARTNERS}' receiver was briefly unavailable when {}'s {} first arrived",
+        flaky.stream_id, flaky.event_type
+    ));
+    for (i, answer) in answers(&flaky.id.to_string()).iter().enumerate() {
+        n.say(format!(
+            "  attempt {}: webhook-id {} -> {answer}",
+            i + 1,
+            flaky.id
+        ));
+    }
+    n.say("  the processor retried after a short backoff, with the same webhook-id: one message, two attempts");
+
+    // A redelivery, de-duplicated.
+    let paid = find(PARTNERS, "Order-1001", "OrderPaid")
+        .ok_or_else(|| ShopError::Story("no message for order 1001's OrderPaid".into()))?;
+    r.duplicate_id = Some(paid.id.to_string());
+    n.say(
+        "a redelivery: delivery is at least once (a processor that dies after posting a message \
+         but before marking it delivered posts it again), so Order-1001's OrderPaid is posted again:",
+    );
+    webhooks
+        .publisher()
+        .deliver(paid)
+        .await
+        .map_err(|e| ShopError::Webhooks(Box::new(e)))?;
+    let again = webhooks.receiver().requests();
+    if let Some(q) = again
+        .iter()
+        .rev()
+        .find(|q| q.webhook_id == paid.id.to_string())
+    {
+        n.say(format!(
+            "  webhook-id {} -> {}: the receiver keeps the ids it processed, so alice's payment \
+             is not booked twice",
+            q.webhook_id, q.handling
+        ));
+    }
+
+    // A dead letter, replayed.
+    let dead = outbox.dead_letters(10).await?;
+    n.say(format!(
+        "a dead letter: the {REFUNDS} endpoint answered 400, a permanent failure, so the message \
+         went straight to the dead-letter queue; OutboxStore::dead_letters lists {}:",
+        dead.len()
+    ));
+    for d in &dead {
+        let m = &d.message;
+        n.say(format!(
+            "  {}  {} <- {} v{} {}, {}",
+            m.id,
+            m.destination,
+            m.stream_id,
+            m.stream_version,
+            m.event_type,
+            attempts(d.attempts)
+        ));
+        n.say(format!("    last error: {}", d.last_error));
+        r.dead_letters.push(DeadLetterSummary {
+            id: m.id.to_string(),
+            destination: m.destination.clone(),
+            stream_id: m.stream_id.to_string(),
+            event_type: m.event_type.clone(),
+            attempts: d.attempts,
+            last_error: d.last_error.clone(),
+        });
+    }
+    webhooks.receiver().fix_refunds();
+    for d in &dead {
+        r.replayed += outbox.replay(Some(d.message.id)).await?;
+    }
+    n.say(format!(
+        "the {REFUNDS} service fixes its endpoint, and OutboxStore::replay puts {} back in line",
+        if r.replayed == 1 {
+            "the message".to_owned()
+        } else {
+            format!("{} messages", r.replayed)
+        }
+    ));
+    webhooks.settle().await?;
+    let requests = webhooks.receiver().requests();
+    for d in &dead {
+        let answers: Vec<String> = requests
+            .iter()
+            .filter(|q| q.webhook_id == d.message.id.to_string())
+            .map(|q| q.handling.status().as_u16().to_string())
+            .collect();
+        n.say(format!(
+            "  webhook-id {}: answered {} (the same id after the replay); now {} (a replay \
+             counts afresh)",
+            d.message.id,
+            answers.join(", then "),
+            status_of(outbox.as_ref(), &d.message).await?
+        ));
+    }
+
+    // Every request was signed; the processor and the receiver stop.
+    let verified = requests.iter().filter(|q| q.verified).count();
+    let processed = requests
+        .iter()
+        .filter(|q| q.handling == webhooks::Handling::Processed)
+        .count();
+    n.say(format!(
+        "the receiver got {} requests, {verified} of them signed with the secret generated at \
+         start (checked with mink_webhook::verify); it processed {processed} messages, each once",
+        requests.len()
+    ));
+    r.requests = requests;
+    webhooks.shutdown().await?;
+    r.counts = outbox.counts().await?;
+    n.say(format!(
+        "the processor finished its round and stopped, the receiver closed; the outbox holds \
+         {} delivered, {} pending, {} dead",
+        r.counts.delivered, r.counts.pending, r.counts.dead
+    ));
+    Ok(())
+}
+
+/// `1 attempt`, `2 attempts`.
+fn attempts(n: u32) -> String {
+    format!("{n} attempt{}", if n == 1 { "" } else { "s" })
+}
+
+/// `delivered after 2 attempts`, and the like.
+async fn status_of(outbox: &dyn OutboxStore, m: &OutboxMessage) -> Result<String, ShopError> {
+    Ok(match outbox.status(m.id).await? {
+        Some((status, attempts)) => {
+            let status = match status {
+                MessageStatus::Pending => "pending",
+                MessageStatus::Delivered => "delivered",
+                MessageStatus::Dead => "dead",
+            };
+            format!("{status} after {}", self::attempts(attempts))
+        }
+        None => "not in the outbox".into(),
+    })
 }
 
 /// Prints a refused command and records it.

@@ -111,6 +111,10 @@ pub enum ShopError {
     /// The audit log could not be read.
     #[error("cannot read the audit log: {0}")]
     Audit(#[source] BoxError),
+    /// The webhooks could not be set up: the receiver could not listen, the publisher
+    /// could not be built, or the receiver's server failed.
+    #[error("webhooks: {0}")]
+    Webhooks(#[source] BoxError),
     /// The story could not go on (something it waits for did not happen in time).
     #[error("the story stopped: {0}")]
     Story(String),

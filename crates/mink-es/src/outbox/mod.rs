@@ -34,7 +34,7 @@ use crate::{
 
 pub use processor::{OutboxProcessor, ProcessorConfig};
 pub use publisher::{PublishError, Publisher};
-pub use store::{Claimed, DeadLetter, MessageStatus, OutboxStore};
+pub use store::{Claimed, DeadLetter, MessageStatus, OutboxCounts, OutboxStore};
 
 /// One message to deliver to one destination.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
