@@ -8,9 +8,9 @@
 //! * Each [`OutboxMessage`] has a stable id derived from its event id and destination
 //!   (receivers de-duplicate on it), the stream id as ordering key, and the event's
 //!   metadata (trace context included).
-//! * An [`OutboxProcessor`](processor::OutboxProcessor) claims messages from an
-//!   [`OutboxStore`](store::OutboxStore) with a lease, hands them to a
-//!   [`Publisher`](publisher::Publisher) per destination, and acknowledges or retries
+//! * An [`OutboxProcessor`] claims messages from an
+//!   [`OutboxStore`] with a lease, hands them to a
+//!   [`Publisher`] per destination, and acknowledges or retries
 //!   each message on its own, with exponential backoff and jitter, until an attempt
 //!   limit moves it to the dead-letter queue. Messages of one stream are delivered in
 //!   order: a failing message holds back the later ones of its stream, not the others.
