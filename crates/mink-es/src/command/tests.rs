@@ -997,3 +997,59 @@ async fn audit_entries_of_one_command_sort_started_first() {
         assert_eq!(mine[1].outcome, AuditOutcome::Succeeded);
     }
 }
+
+#[tokio::test]
+async fn logging_reports_each_dispatch_with_its_outcome() {
+    use tracing_subscriber::layer::SubscriberExt;
+    #[derive(Clone, Default)]
+    struct Events(Arc<parking_lot::Mutex<Vec<(tracing::Level, String)>>>);
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Events {
+        fn on_event(
+            &self,
+            event: &tracing::Event<'_>,
+            _: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            struct V(String);
+            impl tracing::field::Visit for V {
+                fn record_debug(&mut self, f: &tracing::field::Field, v: &dyn std::fmt::Debug) {
+                    self.0.push_str(&format!("{}={:?} ", f.name(), v));
+                }
+                fn record_str(&mut self, f: &tracing::field::Field, v: &str) {
+                    self.0.push_str(&format!("{}={} ", f.name(), v));
+                }
+            }
+            let mut v = V(String::new());
+            event.record(&mut v);
+            self.0.lock().push((*event.metadata().level(), v.0));
+        }
+    }
+    let events = Events::default();
+    let _guard =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(events.clone()));
+    let store = MemoryStore::new();
+    let mut bus = counter_bus(&store);
+    bus.use_middleware(Logging);
+    bus.dispatch(inc("log", 1)).await.unwrap();
+    bus.dispatch(inc("log", 1000)).await.unwrap_err();
+    let logged = events.0.lock().clone();
+    let ok = logged
+        .iter()
+        .find(|(_, m)| m.contains("command succeeded"))
+        .expect("a success is logged");
+    assert_eq!(ok.0, tracing::Level::INFO);
+    assert!(
+        ok.1.contains("command=Increment") && ok.1.contains("elapsed_ms="),
+        "{}",
+        ok.1
+    );
+    let failed = logged
+        .iter()
+        .find(|(_, m)| m.contains("command failed"))
+        .expect("a failure is logged");
+    assert_eq!(
+        failed.0,
+        tracing::Level::WARN,
+        "a domain rejection is a warning"
+    );
+    assert!(failed.1.contains("kind=rejected"), "{}", failed.1);
+}
