@@ -2,12 +2,12 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use mink_es::Result;
 use sqlx::Row;
 
 use crate::PgEventStore;
 use crate::row::Xid8;
+use crate::time::PgTime;
 
 /// How far the feed lags behind committed events, and who holds it back.
 ///
@@ -69,8 +69,10 @@ pub struct PreparedTransaction {
     pub age: Option<Duration>,
 }
 
-fn age(now: DateTime<Utc>, then: Option<DateTime<Utc>>) -> Option<Duration> {
-    then.map(|t| (now - t).to_std().unwrap_or(Duration::ZERO))
+/// How long before `now` `then` was, from raw microseconds: no stored value (not even
+/// `'infinity'`) can make it panic; a time after `now` is no time ago.
+fn age(now: PgTime, then: Option<PgTime>) -> Option<Duration> {
+    then.map(|t| Duration::from_micros(u64::try_from(now.0.saturating_sub(t.0)).unwrap_or(0)))
 }
 
 pub(crate) async fn feed_lag(store: &PgEventStore) -> Result<FeedLag> {
@@ -82,8 +84,8 @@ pub(crate) async fn feed_lag(store: &PgEventStore) -> Result<FeedLag> {
     let xmin: Xid8 = r.try_get_unchecked("xmin").map_err(m)?;
     let xmax: Xid8 = r.try_get_unchecked("xmax").map_err(m)?;
     let waiting: i64 = r.try_get("waiting").map_err(m)?;
-    let oldest: Option<DateTime<Utc>> = r.try_get("oldest_waiting").map_err(m)?;
-    let now: DateTime<Utc> = r.try_get("now").map_err(m)?;
+    let oldest: Option<PgTime> = r.try_get("oldest_waiting").map_err(m)?;
+    let now: PgTime = r.try_get("now").map_err(m)?;
     let writer_pid: Option<i32> = r.try_get("writer_pid").map_err(m)?;
     let writer_xid: Option<String> = r.try_get("writer_xid").map_err(m)?;
     let oldest_writer = match writer_pid {

@@ -7,7 +7,9 @@
 //! semantics as [`mink_es::MemoryStore`], plus appends that join the caller's
 //! transaction ([`PgEventStore::append_in`]) — and, in the same schema and on the same
 //! pool, the command bus's stores: [`PgIdempotencyStore`] and [`PgAuditStore`] (see
-//! [Command stores](#command-stores)).
+//! [Command stores](#command-stores)), and a transactional outbox: appends write the
+//! messages of their events in the same transaction, and [`PgOutboxStore`] hands them
+//! to [`OutboxProcessor`](mink_es::outbox::OutboxProcessor)s (see [Outbox](#outbox)).
 //!
 //! ```no_run
 //! # async fn f() -> mink_es::Result<()> {
@@ -46,14 +48,16 @@
 //! | `checkpoints(name PK, position bytea(16), updated_at)` | consumers' checkpoints |
 //! | `idempotency_keys(key PK, state, token uuid, output bytea, expires_at timestamptz)` | idempotency keys: a reservation or a stored result (see [`PgIdempotencyStore`]) |
 //! | `audit_log(seq bigint identity PK, id uuid, command_id uuid, command, aggregate_id, user_id, tenant_id, correlation_id, outcome, error_kind, error_message, started_at timestamptz, duration_us bigint)` | the audit log (see [`PgAuditStore`]) |
+//! | `outbox(seq bigint identity PK, id uuid, destination, stream_id, event_id uuid, event_type, stream_version, tx xid8, position bigint, codec, payload bytea, metadata jsonb, created_at, status, attempts, next_attempt_at, lease_owner, lease_until, last_error, finished_at)` | outbox messages and their delivery state (see [Outbox](#outbox)) |
 //!
 //! Indexes on `events`: primary key `(tx, position)` (the feed), unique
 //! `(stream_id, version)` (stream reads; versions can never collide) and unique
 //! `event_id` (idempotent appends). Indexes on `idempotency_keys`: the key, and
 //! `expires_at` (purges); on `audit_log`: `(started_at, id, seq)`, `(user_id,
 //! started_at, id, seq)` and `(command, started_at, id, seq)`, one per query filter, each
-//! in the order queries return. Names are `text COLLATE "C"`: compared byte for byte,
-//! fast, and immune to operating-system collation updates.
+//! in the order queries return; on `outbox`, see [Outbox](#outbox). Names are
+//! `text COLLATE "C"`: compared byte for byte, fast, and immune to operating-system
+//! collation updates.
 //!
 //! A feed read filtered by category or event type walks the feed index and skips what
 //! does not match: a filtered catch-up costs a read of the feed (its cursor still
@@ -78,7 +82,10 @@
 //! ```
 //!
 //! Metadata is `jsonb` (NULL when empty); times are `timestamptz` (microseconds), taken
-//! from the server's `statement_timestamp()`.
+//! from the server's `statement_timestamp()`, and read back through their raw
+//! microseconds: a time edited outside the crate that `chrono` cannot hold
+//! (`'infinity'`, a year beyond 262,143) is a [`mink_es::Error::CorruptEvent`] (or, in
+//! a stream's or snapshot's row, a [`PgStoreError::Corrupt`]), never a panic.
 //!
 //! ## Appends
 //!
@@ -231,15 +238,129 @@
 //! # let _ = entries; Ok(()) }
 //! ```
 //!
+//! ## Outbox
+//!
+//! A store built with [`PgEventStoreBuilder::outbox`] writes, with every append, the
+//! messages its [`Outbox`](mink_es::outbox::Outbox) routes make of the appended events
+//! into the `outbox` table (migration 3), **in the same transaction as the events**:
+//! through the pool and in a caller's transaction ([`PgEventStore::append_in`]) alike.
+//! A message exists exactly when its event does; a route whose transform fails fails
+//! the append with [`mink_es::Error::Outbox`], and nothing is written.
+//!
+//! ```no_run
+//! # async fn f() -> mink_es::Result<()> {
+//! use std::sync::Arc;
+//! use mink_es::outbox::{Outbox, OutboxProcessor, Route};
+//! use mink_es::outbox::publisher::RecordingPublisher;
+//! use mink_es::{ExpectedVersion, NewEvent, StreamId, StreamWriter};
+//! use mink_postgres::PgEventStore;
+//! use tokio_util::sync::CancellationToken;
+//!
+//! let routes = Outbox::new()
+//!     .route(Route::categories("billing", ["Order"]))?
+//!     .route(Route::event_types("audit", ["OrderPlaced", "OrderCancelled"]))?;
+//! let store = PgEventStore::builder("postgres://app@localhost/app").outbox(routes).build().await?;
+//! store.migrate().await?;
+//! store
+//!     .append(&StreamId::new("Order-1")?, ExpectedVersion::NoStream, vec![NewEvent::new("OrderPlaced", "{}")])
+//!     .await?; // the event and its two messages, in one statement
+//!
+//! // Any process on the schema (with or without routes) can deliver.
+//! let processor = OutboxProcessor::new(Arc::new(store.outbox_store()))
+//!     .publisher("billing", RecordingPublisher::new())
+//!     .publisher("audit", RecordingPublisher::new());
+//! tokio::spawn(processor.run(CancellationToken::new()));
+//! # Ok(()) }
+//! ```
+//!
+//! **Writing.** Routes without a transform make a message out of an event's type and
+//! stream alone, so the store knows before the statement runs which messages an
+//! append makes (their event, destination and id); the append's single statement
+//! writes them with a second data-modifying CTE that copies everything else (version,
+//! position, time, payload, metadata) from the inserted events' `RETURNING`. An
+//! append stays one statement and one round trip; an append that routes nothing runs
+//! exactly the statement of a store without an outbox. A route's transform, though,
+//! receives the stored event, whose position, time and (for `Any`) version only the
+//! insert knows: when any route transforms, the messages are made after the insert
+//! and written by a second statement in the append's transaction (through the pool,
+//! a transaction of the store's own: `BEGIN`, append, messages, `COMMIT`; in a
+//! caller's transaction, within a savepoint that a failing transform rolls back, so
+//! the caller's transaction stays usable). Either way a message gets its `seq` while
+//! the append holds its stream's row, so a stream's messages are in version order.
+//!
+//! **Delivering.** [`PgOutboxStore`] implements
+//! [`OutboxStore`](mink_es::outbox::OutboxStore) with the memory store's semantics,
+//! shared by every process on the schema. A claim is one statement, in a `READ
+//! COMMITTED` transaction of its own without JIT:
+//!
+//! ```sql
+//! WITH claims AS (             -- the first $limit claimable heads, locked
+//!   SELECT o.seq FROM outbox o
+//!   WHERE o.status = 'pending' AND o.attempts < $max_attempts
+//!     AND (o.lease_until IS NULL OR o.lease_until <= statement_timestamp())
+//!     AND o.next_attempt_at <= statement_timestamp()
+//!     AND o.seq = (SELECT min(p.seq) FROM outbox p            -- first pending message
+//!                  WHERE p.status = 'pending'                  -- of its (destination,
+//!                    AND p.destination = o.destination         -- stream)
+//!                    AND p.stream_id = o.stream_id)
+//!   ORDER BY o.seq LIMIT $limit
+//!   FOR NO KEY UPDATE OF o SKIP LOCKED),
+//! bound AS (...),              -- the seq of the $limit-th claim (or none)
+//! expired AS (...),            -- heads before it due again after their last attempt
+//! dead AS (UPDATE ... status = 'dead' ...)                     -- the dead-letter queue
+//! UPDATE outbox SET attempts = attempts + 1, lease_owner = $owner,
+//!   lease_until = statement_timestamp() + $lease
+//! WHERE seq = ANY(ARRAY(SELECT seq FROM claims)) RETURNING ...
+//! ```
+//!
+//! * Only the oldest pending message of each (destination, stream) is deliverable: a
+//!   head that is leased, not yet due, or past the limit still holds back its
+//!   followers; dead letters hold back nothing.
+//! * Concurrent claims never take one message: a row another transaction holds is
+//!   skipped (`SKIP LOCKED`), and a row another claim leased, or a processor
+//!   acknowledged or failed, after this statement's snapshot was taken is re-checked
+//!   on its latest version once locked (READ COMMITTED), and left alone. A head is
+//!   judged by the snapshot, which can only be behind: a message whose predecessor is
+//!   pending in the snapshot is never taken, and a predecessor never becomes pending
+//!   again except by a replay of a dead letter (which holds nothing back anyway). The
+//!   messages of a transaction still open are invisible until it commits.
+//! * Each claim counts as an attempt; a head due again after its `max_attempts`-th
+//!   attempt (its processor died) is dead-lettered by the claim that finds it. The
+//!   server's clock (`statement_timestamp()`) decides leases and due times.
+//! * `ack` and `fail` act only on messages the caller still holds; a late
+//!   acknowledgement of a message another processor took over is ignored.
+//!
+//! Indexes on `outbox`: the primary key `seq`; `(seq) WHERE status = 'pending'` (the
+//! claim's walk, in order); `(destination, stream_id, seq) WHERE status = 'pending'`
+//! (is this the head of its stream?); `id` (acknowledgements, status, replays);
+//! `(seq) WHERE status = 'dead'` (the dead-letter queue, oldest first); `(finished_at)
+//! WHERE status = 'delivered'` (purges, which delete 1,000 rows per transaction). The
+//! other status changes are updates of leases and attempts, which touch no indexed
+//! column, so they are HOT updates (the table keeps 20 % of each page free for them).
+//!
+//! Costs: a message costs its append one insert into `outbox` and its three indexes.
+//! A claim reads the pending messages in order up to its last claim, probing one index
+//! per message read: cheap while messages flow, but messages queued behind heads that
+//! wait (a destination that is down) are read by every claim until their heads move,
+//! about 3 µs each.
+//!
+//! Processors are woken by `NOTIFY` on the schema's outbox channel
+//! ([`SchemaName::outbox_channel`]): appends that write messages announce them (through
+//! the pool, by the store's announcer; in a caller's transaction, at its commit), and
+//! so do replays; [`OutboxStore::signal`](mink_es::outbox::OutboxStore::signal) is fed
+//! by a `LISTEN` task of its own, and polling covers lost notifications.
+//!
 //! ## Wake-ups
 //!
 //! [`FeedReader::feed_signal`](mink_es::FeedReader::feed_signal) is fed by a background
 //! `LISTEN` task on its own connection; appends through the pool are announced by a
 //! background task (`NOTIFY`, coalesced, with `synchronous_commit = off` so that it
-//! costs no disk flush); appends in a caller's transaction `NOTIFY` inside it. Local
+//! costs no disk flush); appends in a caller's transaction `NOTIFY` inside it (a plain
+//! `NOTIFY`, which leaves the caller's commit as durable as the caller made it). Local
 //! subscribers are woken directly after each append. Notifications are a hint: a lost
-//! one costs a subscriber one poll interval. Both tasks stop when the last store handle
-//! is dropped or when the builder's cancellation token fires.
+//! one costs a subscriber one poll interval. The tasks (and the outbox's `LISTEN` task,
+//! see [Outbox](#outbox)) stop when the last store handle is dropped or when the
+//! builder's cancellation token fires.
 //!
 //! ## Features
 //!
@@ -255,15 +376,18 @@ mod guard;
 mod lag;
 pub mod migrate;
 mod notify;
+mod outbox;
 mod row;
 mod schema;
 mod snapshot;
 mod store;
+mod time;
 
 pub use command::{PgAuditStore, PgIdempotencyStore};
 pub use error::{PgStoreError, map_sqlx_error};
 pub use lag::{FeedLag, PreparedTransaction, Writer};
 pub use migrate::{LATEST_VERSION, MIGRATIONS, Migration, MigrationReport, migrate, verify};
+pub use outbox::PgOutboxStore;
 pub use schema::{MAX_SCHEMA_NAME_LEN, SchemaName};
 pub use store::{PgEventStore, PgEventStoreBuilder};
 

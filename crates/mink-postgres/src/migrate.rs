@@ -50,10 +50,15 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "command stores",
         sql: include_str!("../migrations/0002_command_stores.sql"),
     },
+    Migration {
+        version: 3,
+        name: "outbox",
+        sql: include_str!("../migrations/0003_outbox.sql"),
+    },
 ];
 
 /// The version of the last shipped migration.
-pub const LATEST_VERSION: i32 = 2;
+pub const LATEST_VERSION: i32 = 3;
 
 /// What [`migrate`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -232,7 +237,8 @@ mod tests {
             sums,
             [
                 (1, "6bb9a9f6a070e641".to_owned()),
-                (2, "ba784a33fd868142".to_owned())
+                (2, "ba784a33fd868142".to_owned()),
+                (3, "d7d52b0332125b5b".to_owned())
             ]
         );
     }

@@ -1,8 +1,10 @@
-//! Wake-ups: the background LISTEN task that feeds the store's [`FeedNotifier`], and the
-//! background NOTIFY task that announces appends made through the pool.
+//! Wake-ups: the background LISTEN tasks that feed the store's [`FeedNotifier`]s (one
+//! for the feed, one for outbox processors), and the background NOTIFY task that
+//! announces appends made through the pool.
 //!
-//! Both tasks hold their own connection (never one of the pool's), start lazily (the
-//! listener on the first [`mink_es::FeedReader::feed_signal`], the announcer on the first
+//! The tasks hold their own connection (never one of the pool's), start lazily (the
+//! feed's listener on the first [`mink_es::FeedReader::feed_signal`], the outbox's on
+//! the first [`mink_es::outbox::OutboxStore::signal`], the announcer on the first
 //! append), and stop when the store's cancellation token fires: when the last store
 //! handle is dropped, or when the token given to the builder is cancelled.
 //!
@@ -11,6 +13,7 @@
 //! feed's horizon) delays a subscriber until its next poll, never more.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use mink_es::store::FeedNotifier;
@@ -92,12 +95,24 @@ pub(crate) async fn listen_task(
     tracing::debug!(channel, "listener stopped");
 }
 
+/// What the announcer sends.
+pub(crate) struct Announcements {
+    /// The NOTIFY of the events channel ($1).
+    pub events_sql: SqlStr,
+    /// The NOTIFY of the events ($1) and outbox ($2) channels.
+    pub both_sql: SqlStr,
+    pub events_channel: String,
+    pub outbox_channel: String,
+    /// Set when the next announcement must wake outbox processors too.
+    pub outbox: Arc<AtomicBool>,
+}
+
 /// Runs the announcer until `cancel` fires: each request (coalesced) sends one NOTIFY,
-/// at most one per `min_interval`.
+/// at most one per `min_interval`, of the events channel, and of the outbox channel as
+/// well when an outbox announcement was asked for since the last one.
 pub(crate) async fn announce_task(
     options: PgConnectOptions,
-    sql: SqlStr,
-    channel: String,
+    what: Announcements,
     requests: Arc<Notify>,
     min_interval: Duration,
     cancel: CancellationToken,
@@ -115,12 +130,20 @@ pub(crate) async fn announce_task(
             }
         }
         if let Some(c) = conn.as_mut() {
-            let r = sqlx::query(sql.clone())
-                .bind(channel.as_str())
-                .execute(&mut *c)
-                .await;
-            if let Err(e) = r {
+            let outbox = what.outbox.swap(false, Ordering::AcqRel);
+            let q = if outbox {
+                sqlx::query(what.both_sql.clone())
+                    .bind(what.events_channel.as_str())
+                    .bind(what.outbox_channel.as_str())
+            } else {
+                sqlx::query(what.events_sql.clone()).bind(what.events_channel.as_str())
+            };
+            if let Err(e) = q.execute(&mut *c).await {
                 tracing::debug!(error = %e, "cannot announce appends");
+                if outbox {
+                    // Not sent: the next announcement carries it.
+                    what.outbox.store(true, Ordering::Release);
+                }
                 if let Some(c) = conn.take() {
                     let _ = c.close().await;
                 }

@@ -1,7 +1,6 @@
 //! Column types the driver does not know (`xid8`) and the decoding of event rows.
 
 use bytes::Bytes;
-use chrono::{DateTime, Utc};
 use mink_es::{CodecTag, Error, EventId, EventType, Metadata, Position, StoredEvent, StreamId};
 use sqlx::encode::IsNull;
 use sqlx::error::BoxDynError;
@@ -10,6 +9,8 @@ use sqlx::postgres::{PgArgumentBuffer, PgRow, PgTypeInfo, PgValueFormat, PgValue
 use sqlx::types::Json;
 use sqlx::{Decode, Encode, Postgres, Row, Type};
 use uuid::Uuid;
+
+use crate::time::read_time;
 
 /// A PostgreSQL `xid8`: a 64-bit, epoch-qualified transaction id (PostgreSQL ≥ 13).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -150,9 +151,8 @@ impl EventDecoder {
         let metadata: Option<Json<Metadata>> = row
             .try_get(offset + 9)
             .map_err(|e| corrupt(position, "metadata", e))?;
-        let recorded_at: DateTime<Utc> = row
-            .try_get(offset + 10)
-            .map_err(|e| corrupt(position, "recorded_at", e))?;
+        let recorded_at =
+            read_time(row, offset + 10).map_err(|e| corrupt(position, "recorded_at", e))?;
         Ok(StoredEvent {
             id: EventId::from_uuid(id),
             stream_id,

@@ -9,8 +9,9 @@ use crate::error::PgStoreError;
 
 /// The longest schema name accepted, in bytes.
 ///
-/// PostgreSQL identifiers hold 63 bytes; the store derives a notification channel name
-/// (`mink_events_<schema>`) from the schema name, which must fit as well.
+/// PostgreSQL identifiers hold 63 bytes; the store derives notification channel names
+/// (`mink_events_<schema>`, `mink_outbox_<schema>`) from the schema name, which must fit
+/// as well.
 pub const MAX_SCHEMA_NAME_LEN: usize = 48;
 
 /// The name of the PostgreSQL schema that holds one store's tables (default `mink`).
@@ -82,6 +83,12 @@ impl SchemaName {
     /// The LISTEN/NOTIFY channel on which appends to this schema are announced.
     pub fn channel(&self) -> String {
         format!("mink_events_{}", self.0)
+    }
+
+    /// The LISTEN/NOTIFY channel on which new outbox messages of this schema are
+    /// announced (see [`PgOutboxStore`](crate::PgOutboxStore)).
+    pub fn outbox_channel(&self) -> String {
+        format!("mink_outbox_{}", self.0)
     }
 }
 
@@ -177,7 +184,8 @@ const APPEND_EXISTING_ST: &str = "WITH st AS (\
 
 // Events are stamped with the stream's feed transaction id (`st.tx`, see the migration).
 // A batch returns one row: the transaction id, the positions in version order, the
-// stream's new version and the timestamp; nothing when nothing was inserted.
+// stream's new version and the timestamp; nothing when nothing was inserted. The insert
+// (`ins`) returns `{ret}`: its positions, or (with an outbox) what the messages copy.
 const APPEND_INSERT_BATCH: &str = ", ins AS (INSERT INTO {schema}.events \
      (tx, event_id, stream_id, category, version, event_type, schema_version, codec, payload, \
      metadata, recorded_at) \
@@ -185,9 +193,7 @@ const APPEND_INSERT_BATCH: &str = ", ins AS (INSERT INTO {schema}.events \
      FROM st CROSS JOIN unnest($4::uuid[], $5::text[], $6::int4[], $7::text[], $8::bytea[], \
      $9::jsonb[]) WITH ORDINALITY AS u(id, typ, sv, codec, payload, meta, ord) \
      ORDER BY u.ord \
-     RETURNING position) \
-     SELECT (SELECT tx FROM st), array_agg(position ORDER BY position), \
-     (SELECT version FROM st), (SELECT ts FROM st) FROM ins HAVING count(*) > 0";
+     RETURNING {ret}) ";
 
 // A batch whose events share their type, schema version, codec and metadata (the
 // usual case): those travel once, as scalars.
@@ -198,8 +204,10 @@ const APPEND_INSERT_UNIFORM: &str = ", ins AS (INSERT INTO {schema}.events \
      $9::jsonb, st.ts \
      FROM st CROSS JOIN unnest($4::uuid[], $8::bytea[]) WITH ORDINALITY AS u(id, payload, ord) \
      ORDER BY u.ord \
-     RETURNING position) \
-     SELECT (SELECT tx FROM st), array_agg(position ORDER BY position), \
+     RETURNING {ret}) ";
+
+/// What a batch returns.
+const APPEND_RESULT_BATCH: &str = "SELECT (SELECT tx FROM st), array_agg(position ORDER BY position), \
      (SELECT version FROM st), (SELECT ts FROM st) FROM ins HAVING count(*) > 0";
 
 const APPEND_INSERT_ONE: &str = "INSERT INTO {schema}.events \
@@ -207,7 +215,65 @@ const APPEND_INSERT_ONE: &str = "INSERT INTO {schema}.events \
      metadata, recorded_at) \
      SELECT st.tx, $4::uuid, $1, $2, st.version, $5::text, $6::int4, $7::text, $8::bytea, $9::jsonb, st.ts \
      FROM st \
-     RETURNING tx, ARRAY[position], version, recorded_at";
+     RETURNING ";
+
+/// What a single event's insert returns.
+const APPEND_RESULT_ONE: &str = "tx, ARRAY[position], version, recorded_at";
+
+/// The columns of the inserted events that outbox messages copy.
+const OUTBOX_RETURNING: &str =
+    "position, version, event_id, event_type, codec, payload, metadata, recorded_at, tx";
+
+// With an outbox: the routed messages, written by the append's statement. Parameters
+// `$p` (the 1-based index of each message's event in the append), `$p+1` (its
+// destination) and `$p+2` (its id) are arrays in the order the messages are written:
+// event order, then route order. Everything else is copied from the inserted events,
+// so a message exists exactly when its event does. Each message gets its `seq` after
+// the stream's row was locked (`st`), so a stream's messages are in version order.
+const APPEND_OUTBOX: &str = ", ob AS (INSERT INTO {schema}.outbox \
+     (id, destination, stream_id, event_id, event_type, stream_version, tx, position, codec, \
+     payload, metadata, created_at, next_attempt_at) \
+     SELECT m.id, m.destination, $1, i.event_id, i.event_type, i.version, i.tx, i.position, \
+     i.codec, i.payload, i.metadata, i.recorded_at, i.recorded_at \
+     FROM st CROSS JOIN unnest(${p}::int8[], ${q}::text[], ${r}::uuid[]) \
+     WITH ORDINALITY AS m(ev, destination, id, ord) \
+     JOIN ins i ON i.version = st.version - $3 + m.ev \
+     ORDER BY m.ord) ";
+
+/// Renders the insert and result of one append statement, with or without the
+/// outbox's messages (whose parameters start at `first_outbox_param`).
+fn append_tail(shape: Shape, outbox: Option<usize>) -> String {
+    let Some(p) = outbox else {
+        return match shape {
+            Shape::One => format!("{APPEND_INSERT_ONE}{APPEND_RESULT_ONE}"),
+            Shape::Uniform => format!(
+                "{}{APPEND_RESULT_BATCH}",
+                APPEND_INSERT_UNIFORM.replace("{ret}", "position")
+            ),
+            Shape::General => format!(
+                "{}{APPEND_RESULT_BATCH}",
+                APPEND_INSERT_BATCH.replace("{ret}", "position")
+            ),
+        };
+    };
+    let ob = APPEND_OUTBOX
+        .replace("{p}", &p.to_string())
+        .replace("{q}", &(p + 1).to_string())
+        .replace("{r}", &(p + 2).to_string());
+    match shape {
+        Shape::One => format!(
+            ", ins AS ({APPEND_INSERT_ONE}{OUTBOX_RETURNING}) {ob}SELECT {APPEND_RESULT_ONE} FROM ins"
+        ),
+        Shape::Uniform => format!(
+            "{}{ob}{APPEND_RESULT_BATCH}",
+            APPEND_INSERT_UNIFORM.replace("{ret}", OUTBOX_RETURNING)
+        ),
+        Shape::General => format!(
+            "{}{ob}{APPEND_RESULT_BATCH}",
+            APPEND_INSERT_BATCH.replace("{ret}", OUTBOX_RETURNING)
+        ),
+    }
+}
 
 /// The shape of an append's events, which decides how they travel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -238,6 +304,12 @@ pub(crate) struct Statements {
     /// Indexed by [`AppendKind`], then by "in a caller's transaction", then by
     /// [`Shape`].
     pub append: [[[Stmt; 3]; 2]; 3],
+    /// The same, also writing outbox messages (see [`APPEND_OUTBOX`]).
+    pub append_outbox: [[[Stmt; 3]; 2]; 3],
+    /// The messages of an append whose routes transform, written by a second statement
+    /// in the append's transaction: $1 ids, $2 destinations, $3 event ids, $4 codecs
+    /// and $5 bodies (NULL: the event's own).
+    pub outbox_insert: Stmt,
     /// $1 stream, $2 ids: the stream's version, and the stored events of the ids with
     /// their index in the append (`ord`, last column).
     pub append_lookup: Stmt,
@@ -248,7 +320,15 @@ pub(crate) struct Statements {
     pub feed: Vec<Stmt>,
     pub head: Stmt,
     pub lag: Stmt,
+    /// The announcer's NOTIFY ($1 the events channel), committed asynchronously.
     pub notify: Stmt,
+    /// The announcer's NOTIFY of both channels ($1 events, $2 outbox).
+    pub notify_outbox: Stmt,
+    /// A NOTIFY inside a caller's transaction ($1 the events channel): it must not
+    /// change how that transaction commits.
+    pub notify_in_tx: Stmt,
+    /// The same, for both channels ($1 events, $2 outbox).
+    pub notify_outbox_in_tx: Stmt,
     pub save_snapshot: Stmt,
     pub load_snapshot: Stmt,
     pub delete_snapshot: Stmt,
@@ -306,29 +386,43 @@ fn feed_template(index: usize) -> String {
 impl Statements {
     pub(crate) fn new(schema: &SchemaName) -> Self {
         let st = |t: &str| Stmt::new(t, schema);
-        let append = |head: &str| {
+        // `outbox`: whether the statement writes messages; their parameters follow
+        // the append's ($10 on, or $12 on for `Existing`).
+        let append = |head: &str, outbox: bool| {
+            let first_outbox_param = if head == APPEND_EXISTING_ST { 12 } else { 10 };
             [false, true].map(|in_tx| {
                 [Shape::One, Shape::Uniform, Shape::General].map(|shape| {
-                    let insert = match shape {
-                        Shape::One => APPEND_INSERT_ONE,
-                        Shape::Uniform => APPEND_INSERT_UNIFORM,
-                        Shape::General => APPEND_INSERT_BATCH,
-                    };
                     let probe = match (in_tx, shape) {
                         (false, _) => "",
                         (true, Shape::One) => PROBE_ONE,
                         (true, _) => PROBE_BATCH,
                     };
-                    st(&format!("{}{insert}", head.replace("{probe}", probe)))
+                    let tail = append_tail(shape, outbox.then_some(first_outbox_param));
+                    st(&format!("{}{tail}", head.replace("{probe}", probe)))
                 })
             })
         };
         Statements {
             append: [
-                append(APPEND_ANY_ST),
-                append(APPEND_NEW_ST),
-                append(APPEND_EXISTING_ST),
+                append(APPEND_ANY_ST, false),
+                append(APPEND_NEW_ST, false),
+                append(APPEND_EXISTING_ST, false),
             ],
+            append_outbox: [
+                append(APPEND_ANY_ST, true),
+                append(APPEND_NEW_ST, true),
+                append(APPEND_EXISTING_ST, true),
+            ],
+            outbox_insert: st("INSERT INTO {schema}.outbox \
+                 (id, destination, stream_id, event_id, event_type, stream_version, tx, position, \
+                 codec, payload, metadata, created_at, next_attempt_at) \
+                 SELECT m.id, m.destination, e.stream_id, e.event_id, e.event_type, e.version, \
+                 e.tx, e.position, COALESCE(m.codec, e.codec), COALESCE(m.payload, e.payload), \
+                 e.metadata, e.recorded_at, statement_timestamp() \
+                 FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::bytea[]) \
+                 WITH ORDINALITY AS m(id, destination, event_id, codec, payload, ord) \
+                 JOIN {schema}.events e ON e.event_id = m.event_id \
+                 ORDER BY m.ord"),
             append_lookup: st(
                 "SELECT false AS found, NULL::xid8 AS tx, NULL::bigint AS position, NULL::uuid AS event_id, \
                  NULL::text AS stream_id, \
@@ -357,6 +451,12 @@ impl Statements {
             )),
             lag: st(LAG_SQL),
             notify: st("SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, '')"),
+            notify_outbox: st(
+                "SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, ''), \
+                 pg_notify($2, '')",
+            ),
+            notify_in_tx: st("SELECT pg_notify($1, '')"),
+            notify_outbox_in_tx: st("SELECT pg_notify($1, ''), pg_notify($2, '')"),
             save_snapshot: st("INSERT INTO {schema}.snapshots AS s \
                  (stream_id, aggregate_type, version, schema_version, codec, payload, taken_at) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7) \
@@ -380,17 +480,28 @@ impl Statements {
     }
 
     pub(crate) fn append(&self, kind: AppendKind, in_tx: bool, shape: Shape) -> &Stmt {
-        let k = match kind {
+        &self.append[Self::kind_index(kind)][usize::from(in_tx)][Self::shape_index(shape)]
+    }
+
+    /// The append statement that also writes outbox messages.
+    pub(crate) fn append_outbox(&self, kind: AppendKind, in_tx: bool, shape: Shape) -> &Stmt {
+        &self.append_outbox[Self::kind_index(kind)][usize::from(in_tx)][Self::shape_index(shape)]
+    }
+
+    fn kind_index(kind: AppendKind) -> usize {
+        match kind {
             AppendKind::Any => 0,
             AppendKind::New => 1,
             AppendKind::Existing => 2,
-        };
-        let s = match shape {
+        }
+    }
+
+    fn shape_index(shape: Shape) -> usize {
+        match shape {
             Shape::One => 0,
             Shape::Uniform => 1,
             Shape::General => 2,
-        };
-        &self.append[k][usize::from(in_tx)][s]
+        }
     }
 }
 
@@ -428,6 +539,7 @@ mod tests {
         assert!(SchemaName::new("a".repeat(MAX_SCHEMA_NAME_LEN + 1)).is_err());
         let s = SchemaName::new("a".repeat(MAX_SCHEMA_NAME_LEN)).unwrap();
         assert!(s.channel().len() <= 63);
+        assert!(s.outbox_channel().len() <= 63);
     }
 
     #[test]
@@ -442,6 +554,28 @@ mod tests {
                     assert_eq!(sql.as_str().contains("NOT EXISTS"), in_tx);
                     assert_eq!(sql.as_str().contains("unnest"), shape != Shape::One);
                     assert_eq!(sql.as_str().contains("$5::text[]"), shape == Shape::General);
+                }
+            }
+        }
+        for kind in [AppendKind::Any, AppendKind::New, AppendKind::Existing] {
+            let first = if kind == AppendKind::Existing { 12 } else { 10 };
+            for in_tx in [false, true] {
+                for shape in [Shape::One, Shape::Uniform, Shape::General] {
+                    let sql = s.append_outbox(kind, in_tx, shape).sql();
+                    let sql = sql.as_str();
+                    assert!(sql.contains("\"abc\".outbox"), "{sql}");
+                    assert!(!sql.contains('{'), "{sql}");
+                    assert_eq!(sql.contains("NOT EXISTS"), in_tx);
+                    assert!(sql.contains(&format!("${first}::int8[]")), "{sql}");
+                    assert!(sql.contains(&format!("${}::uuid[]", first + 2)), "{sql}");
+                    assert!(!sql.contains(&format!("${}", first + 3)), "{sql}");
+                    // The plain statements are untouched by the outbox.
+                    assert!(
+                        !s.append(kind, in_tx, shape)
+                            .sql()
+                            .as_str()
+                            .contains("outbox")
+                    );
                 }
             }
         }

@@ -7,6 +7,8 @@ use mink_es::{
 use sqlx::{PgConnection, Row};
 
 use crate::PgEventStore;
+use crate::error::PgStoreError;
+use crate::time::read_time;
 
 impl SnapshotStore for PgEventStore {
     async fn save_snapshot(&self, snapshot: Snapshot) -> Result<()> {
@@ -50,6 +52,10 @@ impl SnapshotStore for PgEventStore {
         let schema_version: i32 = r.try_get(2).map_err(m)?;
         let codec: String = r.try_get(3).map_err(m)?;
         let payload: Vec<u8> = r.try_get(4).map_err(m)?;
+        let taken_at = read_time(&r, 5).map_err(|e| PgStoreError::Corrupt {
+            what: "snapshots",
+            detail: format!("the snapshot of {stream} has a bad taken_at: {e}"),
+        })?;
         Ok(Some(Snapshot {
             stream_id: stream.clone(),
             aggregate_type: r.try_get(0).map_err(m)?,
@@ -61,7 +67,7 @@ impl SnapshotStore for PgEventStore {
                 CodecTag::from(codec)
             },
             payload: Bytes::from(payload),
-            taken_at: r.try_get(5).map_err(m)?,
+            taken_at,
         }))
     }
 

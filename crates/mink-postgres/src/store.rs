@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use mink_es::outbox::Outbox;
 use mink_es::store::{FeedNotifier, check_idempotent_repeat, validate_append};
 use mink_es::{
     AppendResult, Error, EventId, ExpectedVersion, FeedFilter, FeedPage, FeedReader, FeedSignal,
@@ -20,6 +21,7 @@ use uuid::Uuid;
 use crate::error::{Classified, PgStoreError, classify, map};
 use crate::row::{EventDecoder, Xid8, cursor, limit_i64, position_of, to_i64};
 use crate::schema::{AppendKind, SchemaName, Shape, Statements, filter_index};
+use crate::time::read_time;
 use crate::{FeedLag, migrate, notify};
 
 /// How many times an append re-runs after a race that its statement could not settle
@@ -53,6 +55,14 @@ struct Inner {
     announce_interval: Duration,
     announcer_started: AtomicBool,
     announce_requests: Arc<Notify>,
+    /// The routes of the outbox appends write, if any.
+    outbox: Option<OutboxRoutes>,
+    outbox_channel: String,
+    /// Fires when outbox messages may be deliverable (see [`crate::PgOutboxStore`]).
+    outbox_notifier: Arc<FeedNotifier>,
+    outbox_listener_started: AtomicBool,
+    /// Set when the next announcement must also wake outbox processors.
+    announce_outbox: Arc<AtomicBool>,
     cancel: CancellationToken,
     _stop_tasks: DropGuard,
 }
@@ -62,6 +72,7 @@ impl std::fmt::Debug for PgEventStore {
         f.debug_struct("PgEventStore")
             .field("schema", &self.inner.schema)
             .field("limits", &self.inner.limits)
+            .field("outbox", &self.outbox())
             .finish_non_exhaustive()
     }
 }
@@ -98,6 +109,7 @@ pub struct PgEventStoreBuilder {
     announce: bool,
     announce_interval: Duration,
     cancel: Option<CancellationToken>,
+    outbox: Option<Outbox>,
 }
 
 #[derive(Clone, Debug)]
@@ -124,6 +136,7 @@ impl PgEventStoreBuilder {
             announce: true,
             announce_interval: Duration::from_millis(5),
             cancel: None,
+            outbox: None,
         }
     }
 
@@ -183,16 +196,19 @@ impl PgEventStoreBuilder {
         self
     }
 
-    /// Whether [`FeedReader::feed_signal`] is fed by LISTEN (default true). Without it,
-    /// subscribers in this process still wake on this handle's own appends, and poll.
+    /// Whether [`FeedReader::feed_signal`] (and the outbox's
+    /// [`signal`](mink_es::outbox::OutboxStore::signal), see [`crate::PgOutboxStore`])
+    /// is fed by LISTEN (default true). Without it, subscribers and processors in this
+    /// process still wake on this handle's own appends, and poll.
     pub fn listen(mut self, on: bool) -> Self {
         self.listen = on;
         self
     }
 
     /// Whether appends made through the pool are announced with NOTIFY (default true),
-    /// so that subscribers in other processes wake at once instead of at their next
-    /// poll. Appends made in a caller's transaction always notify inside it.
+    /// so that subscribers (and, for appends that wrote outbox messages, outbox
+    /// processors) in other processes wake at once instead of at their next poll.
+    /// Appends made in a caller's transaction always notify inside it.
     pub fn announce(mut self, on: bool) -> Self {
         self.announce = on;
         self
@@ -209,6 +225,19 @@ impl PgEventStoreBuilder {
     /// when the last handle is dropped). The store stays usable; subscribers poll.
     pub fn cancellation_token(mut self, token: CancellationToken) -> Self {
         self.cancel = Some(token);
+        self
+    }
+
+    /// Routes appended events to outbox destinations: every append (through the pool
+    /// or [`PgEventStore::append_in`]) writes the messages `outbox` makes of its events
+    /// into the `outbox` table, in the same transaction as the events, so a message
+    /// exists exactly when its event does. A route whose transform fails fails the
+    /// append, and nothing is written. Deliver the messages with an
+    /// [`OutboxProcessor`](mink_es::outbox::OutboxProcessor) over
+    /// [`PgEventStore::outbox_store`] (any process using the schema may run one; it
+    /// needs no routes). See the [crate docs](crate#outbox) for the costs.
+    pub fn outbox(mut self, outbox: Outbox) -> Self {
+        self.outbox = Some(outbox);
         self
     }
 
@@ -262,6 +291,7 @@ impl PgEventStoreBuilder {
             .as_ref()
             .map_or_else(CancellationToken::new, CancellationToken::child_token);
         let sql = Statements::new(&schema);
+        let outbox_channel = schema.outbox_channel();
         Ok(PgEventStore {
             inner: Arc::new(Inner {
                 pool,
@@ -277,6 +307,11 @@ impl PgEventStoreBuilder {
                 announce_interval: self.announce_interval,
                 announcer_started: AtomicBool::new(false),
                 announce_requests: Arc::new(Notify::new()),
+                outbox: self.outbox.map(OutboxRoutes::new),
+                outbox_channel,
+                outbox_notifier: Arc::new(FeedNotifier::new()),
+                outbox_listener_started: AtomicBool::new(false),
+                announce_outbox: Arc::new(AtomicBool::new(false)),
                 _stop_tasks: cancel.clone().drop_guard(),
                 cancel,
             }),
@@ -349,6 +384,11 @@ impl PgEventStore {
     /// own writes. Subscribers are notified by a NOTIFY inside the transaction, which
     /// PostgreSQL delivers at commit and drops on rollback.
     ///
+    /// With an [outbox](PgEventStoreBuilder::outbox), the append's messages are
+    /// written in the caller's transaction too, and processors are woken at commit.
+    /// A route whose transform fails fails the append with [`Error::Outbox`] and
+    /// leaves the transaction as it was (the events are rolled back to a savepoint).
+    ///
     /// A database error (other than a conflict found before writing) leaves the
     /// caller's transaction aborted, as any failed statement does.
     pub async fn append_in(
@@ -358,15 +398,216 @@ impl PgEventStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<AppendResult> {
-        let result = self.append_on(conn, stream, expected, events, true).await?;
-        if !result.deduplicated {
-            sqlx::query(self.inner.sql.notify.sql())
-                .bind(self.inner.channel.as_str())
-                .execute(&mut *conn)
+        let appended = match &self.inner.outbox {
+            Some(o) if o.transforms => {
+                self.append_in_transformed(conn, &o.routes, stream, expected, events)
+                    .await?
+            }
+            _ => {
+                self.append_on(conn, stream, expected, events, Mode::CallerTx, true)
+                    .await?
+            }
+        };
+        if !appended.result.deduplicated {
+            // A plain NOTIFY: it must not change how the caller's transaction commits
+            // (the announcer's `synchronous_commit = off` would).
+            let q = if appended.messages > 0 {
+                sqlx::query(self.inner.sql.notify_outbox_in_tx.sql())
+                    .bind(self.inner.channel.as_str())
+                    .bind(self.inner.outbox_channel.as_str())
+            } else {
+                sqlx::query(self.inner.sql.notify_in_tx.sql()).bind(self.inner.channel.as_str())
+            };
+            q.execute(&mut *conn)
                 .await
                 .map_err(|e| map(e, &self.inner.schema))?;
         }
-        Ok(result)
+        Ok(appended.result)
+    }
+
+    /// [`PgEventStore::append_in`] for routes that transform: the transforms need the
+    /// stored events, so the messages are written by a second statement, and a failing
+    /// transform rolls the events back to a savepoint.
+    async fn append_in_transformed(
+        &self,
+        conn: &mut PgConnection,
+        routes: &Outbox,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<Appended> {
+        let savepoint = |sql: &'static str| sqlx::raw_sql(sql);
+        savepoint("SAVEPOINT mink_append")
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| self.map_err(e))?;
+        let release = async |conn: &mut PgConnection| {
+            savepoint("RELEASE SAVEPOINT mink_append")
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| self.map_err(e))
+        };
+        let appended = match self
+            .append_on(conn, stream, expected, events, Mode::CallerTx, false)
+            .await
+        {
+            Ok(a) => a,
+            Err(e) => {
+                // Nothing was written; in an aborted transaction this fails too, and
+                // the transaction stays aborted, as documented.
+                let _ = release(conn).await;
+                return Err(e);
+            }
+        };
+        if appended.result.deduplicated {
+            release(conn).await?;
+            return Ok(appended);
+        }
+        match self
+            .write_transformed(conn, routes, &appended.result.events)
+            .await
+        {
+            Ok(messages) => {
+                release(conn).await?;
+                Ok(Appended {
+                    result: appended.result,
+                    messages,
+                })
+            }
+            // The insert failed: the transaction is aborted, as documented.
+            Err(WriteFailure::Statement(e)) => Err(e),
+            // A transform failed (or its output cannot be stored): undo the events.
+            Err(WriteFailure::Refused(e)) => {
+                savepoint("ROLLBACK TO SAVEPOINT mink_append")
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(|e| self.map_err(e))?;
+                release(conn).await?;
+                Err(e)
+            }
+        }
+    }
+
+    /// An append through the pool for routes that transform: in a transaction of its
+    /// own, since the transforms need the stored events (see [`Self::write_transformed`]).
+    async fn append_transformed(
+        &self,
+        routes: &Outbox,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<Appended> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut tx = self.begin().await?;
+            let outcome = self
+                .append_on(
+                    &mut tx,
+                    stream,
+                    expected,
+                    events.clone(),
+                    Mode::OwnTx,
+                    false,
+                )
+                .await;
+            let appended = match outcome {
+                Ok(a) => a,
+                Err(e) => {
+                    let _ = tx.rollback().await;
+                    if attempt < APPEND_ATTEMPTS && restartable(&e, stream, expected) {
+                        continue;
+                    }
+                    return Err(e);
+                }
+            };
+            if appended.result.deduplicated {
+                let _ = tx.rollback().await;
+                return Ok(appended);
+            }
+            let messages = match self
+                .write_transformed(&mut tx, routes, &appended.result.events)
+                .await
+            {
+                Ok(n) => n,
+                Err(WriteFailure::Refused(e) | WriteFailure::Statement(e)) => {
+                    let _ = tx.rollback().await;
+                    return Err(e);
+                }
+            };
+            tx.commit().await.map_err(|e| self.map_err(e))?;
+            return Ok(Appended {
+                result: appended.result,
+                messages,
+            });
+        }
+    }
+
+    /// Writes the outbox messages `routes` make of just-stored `events`, in the
+    /// append's transaction, and returns how many. Bodies equal to their event's travel
+    /// as NULL (the statement copies the stored payload).
+    async fn write_transformed(
+        &self,
+        conn: &mut PgConnection,
+        routes: &Outbox,
+        events: &[StoredEvent],
+    ) -> std::result::Result<usize, WriteFailure> {
+        let messages = routes.messages_for(events).map_err(WriteFailure::Refused)?;
+        if messages.is_empty() {
+            return Ok(0);
+        }
+        let mut ids = Vec::with_capacity(messages.len());
+        let mut destinations = Vec::with_capacity(messages.len());
+        let mut event_ids = Vec::with_capacity(messages.len());
+        let mut codecs: Vec<Option<&str>> = Vec::with_capacity(messages.len());
+        let mut payloads: Vec<Option<&[u8]>> = Vec::with_capacity(messages.len());
+        let mut k = 0;
+        for m in &messages {
+            // Messages come in event order: find each one's event from the last one's.
+            let event = events[k..]
+                .iter()
+                .position(|e| e.id == m.event_id)
+                .map(|i| {
+                    k += i;
+                    &events[k]
+                });
+            let own = event.is_some_and(|e| e.codec == m.codec);
+            if m.codec.as_str().contains('\0') {
+                return Err(WriteFailure::Refused(Error::InvalidArgument(format!(
+                    "the outbox route to {:?} gave event {} a codec tag with a NUL character",
+                    m.destination, m.event_id
+                ))));
+            }
+            ids.push(m.id);
+            destinations.push(m.destination.as_str());
+            event_ids.push(*m.event_id.as_uuid());
+            codecs.push((!own).then_some(m.codec.as_str()));
+            let same_body = event.is_some_and(|e| e.payload == m.payload);
+            payloads.push((!same_body).then_some(m.payload.as_ref()));
+        }
+        let done = sqlx::query(self.inner.sql.outbox_insert.sql())
+            .bind(ids)
+            .bind(destinations)
+            .bind(event_ids)
+            .bind(codecs)
+            .bind(payloads)
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| WriteFailure::Statement(self.map_err(e)))?;
+        if done.rows_affected() != messages.len() as u64 {
+            return Err(WriteFailure::Refused(
+                PgStoreError::Corrupt {
+                    what: "outbox",
+                    detail: format!(
+                        "{} of {} outbox messages found their event",
+                        done.rows_affected(),
+                        messages.len()
+                    ),
+                }
+                .into(),
+            ));
+        }
+        Ok(messages.len())
     }
 
     /// Saves a checkpoint inside a transaction the caller holds, so that it commits
@@ -461,10 +702,60 @@ impl PgEventStore {
         ));
     }
 
-    /// Wakes local subscribers and asks the announcer to wake the others.
-    fn after_commit(&self) {
+    /// Wakes local subscribers (and, when `messages`, outbox processors) and asks the
+    /// announcer to wake the others.
+    fn after_commit(&self, messages: bool) {
         let inner = &self.inner;
         inner.notifier.notify();
+        if messages {
+            inner.outbox_notifier.notify();
+            inner.announce_outbox.store(true, Ordering::Release);
+        }
+        self.request_announcement();
+    }
+
+    /// Wakes outbox processors, here and (through the announcer) elsewhere.
+    pub(crate) fn announce_outbox(&self) {
+        self.inner.outbox_notifier.notify();
+        self.inner.announce_outbox.store(true, Ordering::Release);
+        self.request_announcement();
+    }
+
+    /// The notifier of this handle's outbox processors.
+    pub(crate) fn outbox_notifier(&self) -> &FeedNotifier {
+        &self.inner.outbox_notifier
+    }
+
+    /// A signal that fires when outbox messages may be deliverable: fed by a LISTEN
+    /// task on the outbox channel (unless LISTEN is off) and by this handle.
+    pub(crate) fn outbox_signal(&self) -> FeedSignal {
+        let inner = &self.inner;
+        if inner.listen && !inner.outbox_listener_started.swap(true, Ordering::AcqRel) {
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => {
+                    rt.spawn(notify::listen_task(
+                        inner.connect_options.clone(),
+                        inner.outbox_channel.clone(),
+                        inner.outbox_notifier.clone(),
+                        inner.cancel.clone(),
+                    ));
+                }
+                Err(_) => inner
+                    .outbox_listener_started
+                    .store(false, Ordering::Release),
+            }
+        }
+        inner.outbox_notifier.signal()
+    }
+
+    /// The routes of this store's outbox, if it has one.
+    pub fn outbox(&self) -> Option<&Outbox> {
+        self.inner.outbox.as_ref().map(|o| &o.routes)
+    }
+
+    /// Asks the announcer (started on first use) to NOTIFY.
+    fn request_announcement(&self) {
+        let inner = &self.inner;
         if !inner.announce {
             return;
         }
@@ -473,8 +764,13 @@ impl PgEventStore {
                 Ok(rt) => {
                     rt.spawn(notify::announce_task(
                         inner.connect_options.clone(),
-                        inner.sql.notify.sql(),
-                        inner.channel.clone(),
+                        notify::Announcements {
+                            events_sql: inner.sql.notify.sql(),
+                            both_sql: inner.sql.notify_outbox.sql(),
+                            events_channel: inner.channel.clone(),
+                            outbox_channel: inner.outbox_channel.clone(),
+                            outbox: inner.announce_outbox.clone(),
+                        },
                         inner.announce_requests.clone(),
                         inner.announce_interval,
                         inner.cancel.clone(),
@@ -489,18 +785,32 @@ impl PgEventStore {
         inner.announce_requests.notify_one();
     }
 
-    /// The append, on one connection. `in_tx`: the connection is inside the caller's
-    /// transaction (a failed statement aborts it, so look-ups go through the pool).
+    /// The append, on one connection, in `mode` (inside a transaction a failed
+    /// statement aborts it, so look-ups go through the pool). With `route`, the
+    /// statement also writes the outbox messages of the store's routes (which must not
+    /// transform: see [`OutboxRoutes`]).
     async fn append_on(
         &self,
         conn: &mut PgConnection,
         stream: &StreamId,
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
-        in_tx: bool,
-    ) -> Result<AppendResult> {
+        mode: Mode,
+        route: bool,
+    ) -> Result<Appended> {
+        // In a transaction, a failed statement aborts it: look-ups after an error go
+        // through the pool, and an error the pool would retry ends this call (a
+        // transaction of our own is then run again by its caller). Only the caller's
+        // transaction must never see a failed statement for a stored id: there, the
+        // statement checks the ids first.
+        let in_tx = mode != Mode::Pool;
+        let probe = mode == Mode::CallerTx;
         validate_append(stream, &events, &self.inner.limits)?;
         check_storable(stream, &events)?;
+        let routing = match &self.inner.outbox {
+            Some(o) if route => o.routing(stream, expected, &events)?,
+            _ => Routing::default(),
+        };
         let n = events.len();
         let kind = match expected {
             ExpectedVersion::Any => AppendKind::Any,
@@ -522,7 +832,11 @@ impl PgEventStore {
         loop {
             attempt += 1;
             let shape = shape_of(&events);
-            let sql = self.inner.sql.append(kind, in_tx, shape).sql();
+            let sql = if routing.ids.is_empty() {
+                self.inner.sql.append(kind, probe, shape).sql()
+            } else {
+                self.inner.sql.append_outbox(kind, probe, shape).sql()
+            };
             let mut q = sqlx::query(sql)
                 .bind(stream.as_str())
                 .bind(category)
@@ -568,17 +882,29 @@ impl PgEventStore {
             if kind == AppendKind::Existing {
                 q = q.bind(lo).bind(hi);
             }
+            if !routing.ids.is_empty() {
+                q = q
+                    .bind(&routing.events)
+                    .bind(&routing.destinations)
+                    .bind(&routing.ids);
+            }
             let outcome = q.fetch_all(&mut *conn).await;
             match outcome {
                 Ok(rows) if !rows.is_empty() => {
-                    return self.appended(stream, events, rows);
+                    return Ok(Appended {
+                        result: self.appended(stream, events, rows)?,
+                        messages: routing.ids.len(),
+                    });
                 }
                 Ok(_) => {
                     // Nothing written: the expected version failed, or an id is already
                     // stored (a possible repeat). The transaction is intact.
                     let found = self.lookup(&mut *conn, stream, &ids).await?;
                     if let Some(r) = self.repeat(stream, expected, &events, &found)? {
-                        return Ok(r);
+                        return Ok(Appended {
+                            result: r,
+                            messages: 0,
+                        });
                     }
                     if !expected.accepts(found.current) {
                         return Err(Error::Conflict {
@@ -613,7 +939,7 @@ impl PgEventStore {
                         let found = self.lookup_after_error(conn, stream, &ids, in_tx).await?;
                         if !found.prefix.is_empty() {
                             check_idempotent_repeat(stream, expected, &events, &found.prefix)?;
-                            if in_tx {
+                            if mode == Mode::CallerTx {
                                 // An identical append committed concurrently; the
                                 // caller's transaction is aborted, and a retry of it
                                 // will find the repeat.
@@ -625,7 +951,10 @@ impl PgEventStore {
                                     },
                                 ));
                             }
-                            return Ok(dedup_result(stream, found));
+                            return Ok(Appended {
+                                result: dedup_result(stream, found),
+                                messages: 0,
+                            });
                         }
                         if let Some((id, s)) = found.first_stored(&events) {
                             return Err(Error::DuplicateEventId {
@@ -680,8 +1009,7 @@ impl PgEventStore {
         let tx: Xid8 = row.try_get_unchecked(0).map_err(|e| self.map_err(e))?;
         let positions: Vec<i64> = row.try_get(1).map_err(|e| self.map_err(e))?;
         let last: i64 = row.try_get(2).map_err(|e| self.map_err(e))?;
-        let recorded_at: chrono::DateTime<chrono::Utc> =
-            row.try_get(3).map_err(|e| self.map_err(e))?;
+        let recorded_at = read_time(row, 3).map_err(|e| bad(format!("recorded_at: {e}")))?;
         let last = u64::try_from(last).map_err(|_| bad(format!("version {last}")))?;
         let n = events.len() as u64;
         if positions.len() != events.len() || last < n {
@@ -801,6 +1129,133 @@ impl PgEventStore {
     }
 }
 
+/// Where an append runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// On a pooled connection, in autocommit: the statement is the transaction.
+    Pool,
+    /// In a transaction of the store's own, which it may roll back and run again.
+    OwnTx,
+    /// In the caller's transaction.
+    CallerTx,
+}
+
+/// Why the messages of an append whose routes transform were not written.
+enum WriteFailure {
+    /// Before anything was sent (a transform failed, or made a message PostgreSQL
+    /// cannot store), or after an insert that must be undone: the transaction is
+    /// intact, and the events must be rolled back.
+    Refused(Error),
+    /// The insert failed: the transaction is aborted.
+    Statement(Error),
+}
+
+/// An append's result, and how many outbox messages it wrote.
+struct Appended {
+    result: AppendResult,
+    messages: usize,
+}
+
+/// Whether an append in a transaction of the store's own failed where an append
+/// through the pool would have tried again (see the `in_tx` branches of
+/// [`PgEventStore::append_on`]): then the transaction is rolled back and run again.
+/// (A repeat of a stored append is found as through the pool, and returned.)
+fn restartable(e: &Error, stream: &StreamId, expected: ExpectedVersion) -> bool {
+    match e {
+        // Two writers took the same version, and the expected version still holds.
+        Error::Conflict { actual, .. } => expected.accepts(*actual),
+        // An id was taken by a transaction that had not committed when we looked.
+        Error::DuplicateEventId {
+            existing_stream,
+            existing_version: 0,
+            ..
+        } => existing_stream == stream,
+        _ => false,
+    }
+}
+
+/// A store's outbox routes, and whether any of them transforms.
+struct OutboxRoutes {
+    routes: Outbox,
+    /// Whether a route transforms its messages. Transforms may read every field of the
+    /// stored event (its position and time included), which exist only after the
+    /// insert: such a store writes its messages with a second statement in the
+    /// append's transaction. Without transforms, a message is a function of the
+    /// event's type and stream alone, so the append's statement writes it.
+    transforms: bool,
+}
+
+impl OutboxRoutes {
+    fn new(routes: Outbox) -> Self {
+        let transforms = routes.routes().iter().any(route_transforms);
+        OutboxRoutes { routes, transforms }
+    }
+
+    /// Which messages an append writes, for routes without transforms: the routes see
+    /// the events as they will be stored, except for what only the insert knows
+    /// (position, time, and the version of an append that does not name it), which
+    /// no route without a transform reads.
+    fn routing(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> Result<Routing> {
+        let first = match expected {
+            ExpectedVersion::Exact(v) => v.saturating_add(1),
+            _ => 1,
+        };
+        let now = mink_es::now_micros();
+        let provisional: Vec<StoredEvent> = events
+            .iter()
+            .zip(first..)
+            .map(|(e, version)| StoredEvent {
+                id: e.id,
+                stream_id: stream.clone(),
+                version,
+                position: Position::START,
+                event_type: e.event_type.clone(),
+                schema_version: e.schema_version,
+                codec: e.codec.clone(),
+                payload: e.payload.clone(),
+                metadata: e.metadata.clone(),
+                recorded_at: now,
+            })
+            .collect();
+        let messages = self.routes.messages_for(&provisional)?;
+        let mut routing = Routing::default();
+        let mut k = 0;
+        for m in messages {
+            // Messages come in event order.
+            let Some(i) = provisional[k..].iter().position(|e| e.id == m.event_id) else {
+                return Err(Error::InvalidArgument(format!(
+                    "the outbox routes made a message for event {}, which is not in the append",
+                    m.event_id
+                )));
+            };
+            k += i;
+            routing.events.push(k as i64 + 1);
+            routing.destinations.push(m.destination);
+            routing.ids.push(m.id);
+        }
+        Ok(routing)
+    }
+}
+
+/// Whether a route has a transform.
+fn route_transforms(route: &mink_es::outbox::Route) -> bool {
+    route.has_transform()
+}
+
+/// The outbox messages of an append, as the append's statement binds them: for each,
+/// the 1-based index of its event in the append, its destination and its id.
+#[derive(Default)]
+struct Routing {
+    events: Vec<i64>,
+    destinations: Vec<String>,
+    ids: Vec<Uuid>,
+}
+
 /// What an append found after it wrote nothing.
 struct Found {
     /// The target stream's version.
@@ -901,20 +1356,26 @@ impl StreamWriter for PgEventStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<AppendResult> {
-        let mut conn = self
-            .inner
-            .pool
-            .acquire()
-            .await
-            .map_err(|e| self.map_err(e))?;
-        let result = self
-            .append_on(&mut conn, stream, expected, events, false)
-            .await?;
-        drop(conn);
-        if !result.deduplicated {
-            self.after_commit();
+        let appended = match &self.inner.outbox {
+            Some(o) if o.transforms => {
+                self.append_transformed(&o.routes, stream, expected, events)
+                    .await?
+            }
+            _ => {
+                let mut conn = self
+                    .inner
+                    .pool
+                    .acquire()
+                    .await
+                    .map_err(|e| self.map_err(e))?;
+                self.append_on(&mut conn, stream, expected, events, Mode::Pool, true)
+                    .await?
+            }
+        };
+        if !appended.result.deduplicated {
+            self.after_commit(appended.messages > 0);
         }
-        Ok(result)
+        Ok(appended.result)
     }
 }
 
@@ -956,11 +1417,20 @@ impl StreamReader for PgEventStore {
             .map_err(|e| self.map_err(e))?;
         let Some(r) = row else { return Ok(None) };
         let version: i64 = r.try_get(0).map_err(|e| self.map_err(e))?;
+        let time = |idx: usize, name: &str| {
+            read_time(&r, idx).map_err(|e| -> Error {
+                PgStoreError::Corrupt {
+                    what: "streams",
+                    detail: format!("stream {stream} has a bad {name}: {e}"),
+                }
+                .into()
+            })
+        };
         Ok(Some(StreamInfo {
             stream_id: stream.clone(),
             version: u64::try_from(version).unwrap_or(0),
-            created_at: r.try_get(1).map_err(|e| self.map_err(e))?,
-            updated_at: r.try_get(2).map_err(|e| self.map_err(e))?,
+            created_at: time(1, "created_at")?,
+            updated_at: time(2, "updated_at")?,
         }))
     }
 }
@@ -1068,5 +1538,63 @@ impl FeedReader for PgEventStore {
     fn feed_signal(&self) -> FeedSignal {
         self.start_listener();
         self.inner.notifier.signal()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use mink_es::outbox::{OutboxMessage, Route};
+
+    use super::*;
+
+    #[test]
+    fn routes_that_transform_are_told_apart() {
+        let identity = |e: &StoredEvent| Ok(Some((e.payload.clone(), e.codec.clone())));
+        assert!(!route_transforms(&Route::all("x")));
+        assert!(!route_transforms(&Route::event_types("x", ["A"])));
+        assert!(!route_transforms(&Route::categories("x", ["A"])));
+        assert!(route_transforms(&Route::all("x").transform(identity)));
+        // A destination that looks like the Debug form changes nothing.
+        assert!(!route_transforms(&Route::all("y, transform: false }")));
+        assert!(route_transforms(
+            &Route::all("y, transform: false }").transform(identity)
+        ));
+        let routes = OutboxRoutes::new(
+            Outbox::new()
+                .route(Route::all("a"))
+                .unwrap()
+                .route(Route::all("b").transform(identity))
+                .unwrap(),
+        );
+        assert!(routes.transforms);
+        assert!(!OutboxRoutes::new(Outbox::new()).transforms);
+    }
+
+    #[test]
+    fn routing_lists_each_message_with_its_event() {
+        let routes = OutboxRoutes::new(
+            Outbox::new()
+                .route(Route::all("a"))
+                .unwrap()
+                .route(Route::event_types("b", ["Y"]))
+                .unwrap()
+                .route(Route::categories("c", ["Other"]))
+                .unwrap(),
+        );
+        let stream = StreamId::new("Order-1").unwrap();
+        let events = vec![NewEvent::new("X", "{}"), NewEvent::new("Y", "{}")];
+        let r = routes
+            .routing(&stream, ExpectedVersion::Any, &events)
+            .unwrap();
+        assert_eq!(r.events, [1, 2, 2]);
+        assert_eq!(r.destinations, ["a", "a", "b"]);
+        assert_eq!(
+            r.ids,
+            [
+                OutboxMessage::id_for(events[0].id, "a"),
+                OutboxMessage::id_for(events[1].id, "a"),
+                OutboxMessage::id_for(events[1].id, "b"),
+            ]
+        );
     }
 }

@@ -590,3 +590,94 @@ async fn ids_are_unique_across_streams_even_within_one_transaction() {
         .collect();
     assert!(ids.is_empty());
 }
+
+/// A timestamp that `chrono` cannot hold (`'infinity'`, `'-infinity'`, a year beyond
+/// 262,143), written outside the crate, is a typed error on every read path that meets
+/// it, never a panic: `CorruptEvent` for events, a `Corrupt` backend error naming the
+/// row for streams and snapshots. The feed's lag report survives it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn corrupt_timestamps_are_typed_errors_not_panics() {
+    let Some(url) = common::url() else { return };
+    let _serial = common::FEED_LOCK.lock().await;
+    let schemas = common::Schemas::new(&url);
+    let store = common::store_with(&url, &schemas, |b| b).await;
+    let s = sid("Time-1");
+    let r = store
+        .append(&s, ExpectedVersion::Any, vec![ev("E", 1), ev("E", 2)])
+        .await
+        .unwrap();
+    exec(
+        &store,
+        "INSERT INTO {s}.snapshots VALUES ('Time-1', 'Agg', 1, 1, 'json', '\\x7b7d', now())",
+    )
+    .await;
+    for bad in ["infinity", "-infinity", "294000-01-01 00:00:00+00"] {
+        exec(
+            &store,
+            &format!(
+                "UPDATE {{s}}.events SET recorded_at = '{bad}' WHERE version = 2; \
+                 UPDATE {{s}}.streams SET updated_at = '{bad}'; \
+                 UPDATE {{s}}.snapshots SET taken_at = '{bad}'"
+            ),
+        )
+        .await;
+        let err = store.read_stream(&s, 1, 10).await.unwrap_err();
+        match &err {
+            Error::CorruptEvent { position, detail } => {
+                assert_eq!(*position, r.events[1].position);
+                assert!(detail.contains("recorded_at"), "{detail}");
+            }
+            other => panic!("{bad}: expected CorruptEvent, got {other:?}"),
+        }
+        let err = store
+            .read_feed(Position::START, 10, &FeedFilter::all())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::CorruptEvent { .. }), "{bad}: {err:?}");
+        // The first event is intact.
+        assert_eq!(store.read_stream(&s, 1, 1).await.unwrap(), r.events[..1]);
+        let err = store.stream_info(&s).await.unwrap_err();
+        assert!(
+            matches!(PgStoreError::find(&err), Some(PgStoreError::Corrupt { .. })),
+            "{bad}: {err:?}"
+        );
+        assert!(err.to_string().contains("updated_at"), "{err}");
+        let err = store.load_snapshot(&s).await.unwrap_err();
+        assert!(
+            matches!(PgStoreError::find(&err), Some(PgStoreError::Corrupt { .. })),
+            "{bad}: {err:?}"
+        );
+        assert!(err.to_string().contains("taken_at"), "{err}");
+        store.feed_lag().await.unwrap();
+    }
+}
+
+/// `append_in` announces the append inside the caller's transaction without changing
+/// how that transaction commits: its `synchronous_commit` stays the caller's, so a
+/// commit that returned is durable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn append_in_leaves_the_callers_commit_durable() {
+    let Some(url) = common::url() else { return };
+    let _serial = common::FEED_LOCK.lock().await;
+    let schemas = common::Schemas::new(&url);
+    let store = common::store_with(&url, &schemas, |b| b).await;
+    let mut tx = store.begin().await.unwrap();
+    let setting = async |tx: &mut sqlx::PgConnection| -> String {
+        sqlx::query_scalar("SELECT current_setting('synchronous_commit')")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap()
+    };
+    let before = setting(&mut tx).await;
+    store
+        .append_in(
+            &mut tx,
+            &sid("Durable-1"),
+            ExpectedVersion::Any,
+            vec![ev("E", 1)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(setting(&mut tx).await, before);
+    tx.commit().await.unwrap();
+}

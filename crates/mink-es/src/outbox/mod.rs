@@ -180,6 +180,13 @@ impl Route {
     pub fn destination(&self) -> &str {
         &self.destination
     }
+
+    /// Whether the route shapes its messages with a transform (which may read what only
+    /// the store knows once the event is inserted: its position and time). Routes
+    /// without one depend only on an event's type and stream.
+    pub fn has_transform(&self) -> bool {
+        self.transform.is_some()
+    }
 }
 
 /// The routes of a store's outbox.

@@ -9,11 +9,12 @@ use sqlx::Row;
 use sqlx::postgres::PgRow;
 
 use super::idempotency::MAX_KEY_LEN;
-use super::{BoxFuture, InRange, PgTime, boxed};
+use super::{BoxFuture, boxed};
 use crate::PgEventStore;
 use crate::error::{PgStoreError, clip};
 use crate::row::limit_i64;
 use crate::schema::Stmt;
+use crate::time::{InRange, PgTime};
 
 /// An [`AuditStore`] in the schema of a [`PgEventStore`], for the
 /// [`Audit`](mink_es::command::audit::Audit) middleware.

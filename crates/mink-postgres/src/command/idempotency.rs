@@ -9,10 +9,11 @@ use mink_es::{BoxError, Error, Result, Uuid};
 use sqlx::Row;
 use sqlx::postgres::PgRow;
 
-use super::{BoxFuture, boxed, deadline, ttl_micros};
+use super::{BoxFuture, boxed};
 use crate::PgEventStore;
 use crate::error::{PgStoreError, clip};
 use crate::schema::Stmt;
+use crate::time::{deadline, ttl_micros};
 
 /// The longest key accepted, in bytes. PostgreSQL cannot index much longer text
 /// (an index entry holds at most about 2.7 kB).
