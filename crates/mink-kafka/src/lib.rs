@@ -4,12 +4,14 @@
 //!
 //! * **topic**: one per outbox destination, from an explicit map
 //!   ([`KafkaPublisherBuilder::topic`]) or else a template
-//!   ([`KafkaPublisherBuilder::topic_template`], `"{destination}"` by default);
+//!   ([`KafkaPublisherBuilder::topic_template`], `"{destination}"` by default; a
+//!   [`Template`] with the placeholders every mink publisher knows);
 //! * **key**: the stream id, so that every event of a stream goes to one partition
 //!   (the `murmur2_random` partitioner, the one the Java client uses, so that other
 //!   producers agree on the partition of a key) and keeps its order there;
 //! * **value**: the message payload, unchanged;
-//! * **headers**: the event's metadata (table below);
+//! * **headers**: the event's metadata, as the standard headers every mink publisher
+//!   sends (table below);
 //! * **timestamp**: the time of production (the event's own time is a header, so that
 //!   a message replayed from the dead-letter queue days later is not born expired).
 //!
@@ -27,21 +29,16 @@
 //!
 //! # Headers
 //!
-//! | header | value |
-//! |---|---|
-//! | `mink-message-id` | the outbox message id (UUID; stable across redeliveries: de-duplicate on it) |
-//! | `mink-event-id` | the event id (UUID) |
-//! | `mink-event-type` | the event type name |
-//! | `mink-stream-id` | the stream id (also the key) |
-//! | `mink-stream-version` | the event's version in its stream, decimal |
-//! | `mink-position` | the event's position in the store's feed (its text form) |
-//! | `mink-codec` | the payload's codec (`json`, `msgpack`, …) |
-//! | `mink-created-at` | when the event was recorded, RFC 3339, UTC, microseconds |
-//! | `mink-correlation-id`, `mink-causation-id`, `mink-user-id`, `mink-tenant-id` | when set |
-//! | `traceparent`, `tracestate`, `baggage` | the W3C trace context, when the metadata has it |
-//! | `mink-custom-<key>` | every other custom metadata key |
-//!
-//! The names are constants in [`headers`].
+//! The standard headers every mink publisher sends, documented in
+//! [`mink_es::outbox::headers`], each value as its UTF-8 bytes: `mink-message-id` (the
+//! outbox message id: de-duplicate on it), `mink-event-id`, `mink-event-type`,
+//! `mink-stream-id` (also the key), `mink-stream-version`, `mink-position`,
+//! `mink-destination`, `mink-codec`, `mink-recorded-at`, `mink-correlation-id`,
+//! `mink-causation-id`, `mink-user-id`, `mink-tenant-id` (the ids when set),
+//! `traceparent`, `tracestate`, `baggage` (when set) and `mink-meta-<key>` for the
+//! other custom metadata. The names are constants in [`headers`]. (Before the names
+//! were unified, this crate sent `mink-created-at` and `mink-custom-<key>` instead of
+//! `mink-recorded-at` and `mink-meta-<key>`, and no `mink-destination`.)
 //!
 //! # Failures
 //!
@@ -59,7 +56,7 @@
 //! | anything not listed below | retryable |
 //! | the message can never fit: `MessageSizeTooLarge`, `InvalidMessageSize`, `MessageBatchTooLarge` | permanent |
 //! | the broker refused the record: `InvalidRecord`, `InvalidTimestamp`, `PolicyViolation`, `UnsupportedForMessageFormat`, `UnsupportedCompressionType` | permanent |
-//! | the topic: `TopicAuthorizationFailed`, `ClusterAuthorizationFailed`, `InvalidTopic`, an invalid topic name from the map or template | permanent |
+//! | the topic: `TopicAuthorizationFailed`, `ClusterAuthorizationFailed`, `InvalidTopic`, an invalid topic name from the template | permanent |
 //! | a topic absent from the cluster: `UnknownTopicOrPartition`, `UnknownTopic`, `UnknownPartition` (librdkafka retries these inside the client, as during a leader move, and reports them only once the cluster's metadata has shown no such topic for `topic.metadata.propagation.max.ms`, set to half the delivery timeout) | permanent |
 //! | `InvalidRequiredAcks`, `InvalidArgument` | permanent |
 //!
@@ -99,7 +96,8 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
-use mink_es::outbox::{OutboxMessage, PublishError, Publisher};
+use mink_es::outbox::template::verbatim;
+use mink_es::outbox::{OutboxMessage, Placeholder, PublishError, Publisher, Template};
 use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
@@ -148,7 +146,7 @@ pub fn validate_topic(topic: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// How destinations map to topics.
+/// How destinations map to topics, as configured.
 #[derive(Clone, Debug)]
 struct Topics {
     map: HashMap<String, String>,
@@ -156,11 +154,73 @@ struct Topics {
 }
 
 impl Topics {
-    fn resolve(&self, destination: &str) -> Result<String, String> {
-        let topic = match self.map.get(destination) {
-            Some(t) => return Ok(t.clone()),
-            None => self.template.replace(DESTINATION_PLACEHOLDER, destination),
+    /// Checks the explicit topics and the template.
+    fn check(&self) -> Result<ResolvedTopics, Error> {
+        for (destination, topic) in &self.map {
+            validate_topic(topic).map_err(|e| {
+                Error::InvalidConfig(format!("the topic of destination {destination:?}: {e}"))
+            })?;
+        }
+        let invalid = |e: String| {
+            Error::InvalidConfig(format!("the topic template {:?}: {e}", self.template))
         };
+        let template =
+            Template::parse(self.template.as_str()).map_err(|e| invalid(e.to_string()))?;
+        // A stream's messages must share a topic to keep their order (and a topic per
+        // stream would be one topic per aggregate).
+        if let Some(p) = template
+            .placeholders()
+            .find(|p| matches!(p, Placeholder::EventType | Placeholder::StreamId))
+        {
+            return Err(invalid(format!(
+                "{p} would spread one stream's messages over several topics (or make a topic per stream); use {{destination}} and {{category}}"
+            )));
+        }
+        // Its literal text must suit a topic name whatever the values.
+        validate_topic(&template.render_with(|_| "x", verbatim)).map_err(invalid)?;
+        Ok(ResolvedTopics {
+            map: self.map.clone(),
+            template,
+        })
+    }
+}
+
+/// How destinations map to topics, checked.
+#[derive(Clone, Debug)]
+struct ResolvedTopics {
+    map: HashMap<String, String>,
+    template: Template,
+}
+
+impl ResolvedTopics {
+    fn for_message(&self, m: &OutboxMessage) -> Result<String, String> {
+        if let Some(t) = self.map.get(&m.destination) {
+            return Ok(t.clone());
+        }
+        self.checked(&m.destination, self.template.render(m, verbatim))
+    }
+
+    fn for_destination(&self, destination: &str) -> Result<String, String> {
+        if let Some(t) = self.map.get(destination) {
+            return Ok(t.clone());
+        }
+        if let Some(p) = self
+            .template
+            .placeholders()
+            .find(|p| *p != Placeholder::Destination)
+        {
+            return Err(format!(
+                "the topic template {:?} takes {p} from each message: the topic of destination {destination:?} depends on the message",
+                self.template.as_str()
+            ));
+        }
+        self.checked(
+            destination,
+            self.template.render_with(|_| destination, verbatim),
+        )
+    }
+
+    fn checked(&self, destination: &str, topic: String) -> Result<String, String> {
         validate_topic(&topic).map_err(|e| {
             format!("destination {destination:?} maps to an invalid topic name: {e}")
         })?;
@@ -207,8 +267,15 @@ impl KafkaPublisherBuilder {
 
     /// The topic of every destination without an explicit [`topic`](Self::topic):
     /// `{destination}` is replaced by the destination name (`"events.{destination}"`).
-    /// Default: `"{destination}"`, the destination name itself. A template without the
-    /// placeholder sends every other destination to one topic.
+    /// Default: `"{destination}"`, the destination name itself. A template without
+    /// placeholders sends every other destination to one topic.
+    ///
+    /// The template is a [`Template`]: it may also take `{category}` from each message,
+    /// inserted as it is (a value that makes an invalid topic name fails that message
+    /// permanently). `{event_type}` and `{stream_id}` are refused: a stream keeps its
+    /// order only within one topic, and a topic per stream would mean a topic per
+    /// aggregate. [`build`](Self::build) refuses a template that does not parse, uses
+    /// those placeholders, or whose fixed text cannot be part of a topic name.
     pub fn topic_template(mut self, template: impl Into<String>) -> Self {
         self.topics.template = template.into();
         self
@@ -250,8 +317,8 @@ impl KafkaPublisherBuilder {
     /// The librdkafka configuration this builder makes.
     ///
     /// # Errors
-    /// [`Error::InvalidConfig`] for no brokers, a zero or huge delivery timeout, or an
-    /// invalid explicit topic name.
+    /// [`Error::InvalidConfig`] for no brokers, a zero or huge delivery timeout, an
+    /// invalid explicit topic name or an invalid topic template.
     pub fn client_config(&self) -> Result<ClientConfig, Error> {
         if self.brokers.trim().is_empty() {
             return Err(Error::InvalidConfig(
@@ -266,11 +333,7 @@ impl KafkaPublisherBuilder {
                 self.delivery_timeout
             )));
         }
-        for (destination, topic) in &self.topics.map {
-            validate_topic(topic).map_err(|e| {
-                Error::InvalidConfig(format!("the topic of destination {destination:?}: {e}"))
-            })?;
-        }
+        self.topics.check()?;
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.brokers)
             .set("client.id", &self.client_id)
@@ -303,12 +366,13 @@ impl KafkaPublisherBuilder {
     /// [`Error::Client`] when librdkafka refuses a property.
     pub fn build(self) -> Result<KafkaPublisher, Error> {
         let config = self.client_config()?;
+        let topics = self.topics.check()?;
         let producer: FutureProducer = config.create()?;
         Ok(KafkaPublisher {
             inner: Arc::new(Inner {
                 producer: RwLock::new(Arc::new(producer)),
                 config,
-                topics: self.topics,
+                topics,
                 delivery_timeout: self.delivery_timeout,
             }),
         })
@@ -327,7 +391,7 @@ pub struct KafkaPublisher {
 struct Inner {
     producer: RwLock<Arc<FutureProducer>>,
     config: ClientConfig,
-    topics: Topics,
+    topics: ResolvedTopics,
     delivery_timeout: Duration,
 }
 
@@ -366,9 +430,19 @@ impl KafkaPublisher {
     /// The topic that messages for `destination` go to.
     ///
     /// # Errors
-    /// A description when the template makes an invalid topic name of it.
+    /// A description when the template makes an invalid topic name of it, or when the
+    /// template takes a value from each message (`{category}`, …): see
+    /// [`topic_for_message`](Self::topic_for_message).
     pub fn topic_for(&self, destination: &str) -> Result<String, String> {
-        self.inner.topics.resolve(destination)
+        self.inner.topics.for_destination(destination)
+    }
+
+    /// The topic that `message` goes to.
+    ///
+    /// # Errors
+    /// A description when the template makes an invalid topic name of it.
+    pub fn topic_for_message(&self, message: &OutboxMessage) -> Result<String, String> {
+        self.inner.topics.for_message(message)
     }
 
     /// The delivery timeout.
@@ -436,7 +510,7 @@ impl KafkaPublisher {
         m: &OutboxMessage,
         deadline: Instant,
     ) -> Enqueued {
-        let topic = match self.inner.topics.resolve(&m.destination) {
+        let topic = match self.inner.topics.for_message(m) {
             Ok(t) => t,
             Err(e) => return Enqueued::Done(Err(PublishError::permanent(e))),
         };
@@ -543,6 +617,61 @@ mod tests {
         assert!(p.topic_for("bad name").is_err());
         let plain = KafkaPublisher::builder("127.0.0.1:1").build().unwrap();
         assert_eq!(plain.topic_for("audit").unwrap(), "audit");
+    }
+
+    #[test]
+    fn topic_templates_may_take_values_from_the_message() {
+        use mink_es::{Bytes, CodecTag, EventId, Metadata, Position, StreamId};
+        let message = |destination: &str, stream: &str| OutboxMessage {
+            id: mink_es::Uuid::nil(),
+            destination: destination.into(),
+            stream_id: StreamId::new(stream).unwrap(),
+            event_id: EventId::new(),
+            event_type: "Placed".into(),
+            stream_version: 1,
+            position: Position::default(),
+            payload: Bytes::new(),
+            codec: CodecTag::JSON,
+            metadata: Metadata::default(),
+            created_at: Default::default(),
+        };
+        let p = KafkaPublisher::builder("127.0.0.1:1")
+            .topic("billing", "billing-events")
+            .topic_template("{destination}.{category}")
+            .build()
+            .unwrap();
+        assert_eq!(
+            p.topic_for_message(&message("audit", "order-7")).unwrap(),
+            "audit.order"
+        );
+        assert_eq!(
+            p.topic_for_message(&message("billing", "order-7")).unwrap(),
+            "billing-events",
+            "an explicit topic wins"
+        );
+        assert_eq!(p.topic_for("billing").unwrap(), "billing-events");
+        let e = p.topic_for("audit").unwrap_err();
+        assert!(e.contains("{category}"), "{e}");
+        assert!(
+            p.topic_for_message(&message("audit", "ordre/é-7")).is_err(),
+            "an invalid value fails the message"
+        );
+        for bad in [
+            "events.{dest}",
+            "events.{destination",
+            "events/{destination}",
+            "",
+            "{destination}.{event_type}",
+            "{stream_id}",
+        ] {
+            assert!(
+                matches!(
+                    KafkaPublisher::builder("h:1").topic_template(bad).build(),
+                    Err(Error::InvalidConfig(_))
+                ),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

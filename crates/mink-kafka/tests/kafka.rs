@@ -226,7 +226,21 @@ async fn records_are_keyed_by_stream_ordered_and_carry_headers() {
             header(m, headers::POSITION),
             Some(want.position.to_string().as_str())
         );
-        assert!(header(m, headers::CREATED_AT).is_some_and(|t| t.ends_with('Z')));
+        assert_eq!(header(m, headers::STREAM_ID), Some(want.stream_id.as_str()));
+        assert_eq!(
+            header(m, headers::STREAM_VERSION),
+            Some(want.stream_version.to_string().as_str())
+        );
+        assert_eq!(header(m, headers::DESTINATION), Some("orders"));
+        assert_eq!(
+            header(m, headers::RECORDED_AT),
+            Some(
+                want.created_at
+                    .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+                    .as_str()
+            )
+        );
+        let names: Vec<&str> = m.headers().unwrap().iter().map(|h| h.key).collect();
         if want.stream_id.as_str() == "Single-1" {
             assert_eq!(
                 header(m, headers::CORRELATION_ID),
@@ -234,6 +248,7 @@ async fn records_are_keyed_by_stream_ordered_and_carry_headers() {
                 "unset ids are left out"
             );
             assert_eq!(header(m, "traceparent"), None);
+            assert_eq!(names.len(), 9, "{names:?}");
             continue;
         }
         assert_eq!(header(m, headers::CORRELATION_ID), Some("corr-1"));
@@ -241,7 +256,27 @@ async fn records_are_keyed_by_stream_ordered_and_carry_headers() {
         assert_eq!(header(m, headers::USER_ID), Some("alice"));
         assert_eq!(header(m, headers::TENANT_ID), Some("acme"));
         assert_eq!(header(m, "traceparent"), Some(TRACEPARENT));
-        assert_eq!(header(m, "mink-custom-source"), Some("web"));
+        assert_eq!(header(m, "mink-meta-source"), Some("web"));
+        assert_eq!(
+            names,
+            [
+                "mink-message-id",
+                "mink-event-id",
+                "mink-event-type",
+                "mink-stream-id",
+                "mink-stream-version",
+                "mink-position",
+                "mink-destination",
+                "mink-codec",
+                "mink-recorded-at",
+                "mink-correlation-id",
+                "mink-causation-id",
+                "mink-user-id",
+                "mink-tenant-id",
+                "traceparent",
+                "mink-meta-source",
+            ]
+        );
     }
 }
 

@@ -2,23 +2,12 @@
 //!
 //! | header | value |
 //! |---|---|
-//! | `Nats-Msg-Id` | the outbox message id (JetStream drops a repeat inside the stream's duplicate window) |
-//! | `Content-Type` | from the payload's codec (see [`ContentTypes`](crate::ContentTypes)) |
-//! | [`MESSAGE_ID`] `mink-message-id` | the outbox message id, again, for consumers that read no `Nats-*` header |
-//! | [`EVENT_ID`] `mink-event-id` | the event id |
-//! | [`EVENT_TYPE`] `mink-event-type` | the event type name |
-//! | [`STREAM_ID`] `mink-stream-id` | the event's stream |
-//! | [`STREAM_VERSION`] `mink-stream-version` | the event's version in its stream, in decimal |
-//! | [`POSITION`] `mink-position` | the event's position in the store's feed (its stable text form) |
-//! | [`DESTINATION`] `mink-destination` | the outbox route's destination name |
-//! | [`CODEC`] `mink-codec` | the payload's codec tag (`json`, `msgpack`, …) |
-//! | [`RECORDED_AT`] `mink-recorded-at` | when the event was recorded, RFC 3339 in UTC |
-//! | [`CORRELATION_ID`] `mink-correlation-id` | when set |
-//! | [`CAUSATION_ID`] `mink-causation-id` | when set |
-//! | [`USER_ID`] `mink-user-id` | when set |
-//! | [`TENANT_ID`] `mink-tenant-id` | when set |
-//! | `traceparent`, `tracestate`, `baggage` | the W3C trace context, when the event's custom metadata holds these keys |
-//! | `mink-meta-<key>` ([`CUSTOM_PREFIX`]) | every other custom metadata entry |
+//! | `Nats-Msg-Id` ([`NATS_MSG_ID`]) | the outbox message id (JetStream drops a repeat inside the stream's duplicate window) |
+//! | `Content-Type` ([`CONTENT_TYPE`]) | from the payload's codec (see [`ContentTypes`](crate::ContentTypes)) |
+//! | the standard headers | every one of [`mink_es::outbox::headers`]: `mink-message-id`, `mink-event-id`, `mink-event-type`, `mink-stream-id`, `mink-stream-version`, `mink-position`, `mink-destination`, `mink-codec`, `mink-recorded-at`, `mink-correlation-id`, `mink-causation-id`, `mink-user-id`, `mink-tenant-id` (the ids when set), `traceparent`, `tracestate`, `baggage` (when set), `mink-meta-<key>` for the other custom metadata |
+//!
+//! The names are the same for every mink publisher; the constants below are those of
+//! [`mink_es::outbox::headers`].
 //!
 //! A header a NATS message cannot carry — a custom key with a character outside visible
 //! ASCII or with `:`, a value with a line break — is left out, with a warning in the
@@ -29,36 +18,12 @@ use std::str::FromStr;
 use async_nats::{HeaderMap, HeaderName, HeaderValue};
 use mink_es::outbox::OutboxMessage;
 
-/// `mink-message-id`: the outbox message id.
-pub const MESSAGE_ID: &str = "mink-message-id";
-/// `mink-event-id`: the event id.
-pub const EVENT_ID: &str = "mink-event-id";
-/// `mink-event-type`: the event type name.
-pub const EVENT_TYPE: &str = "mink-event-type";
-/// `mink-stream-id`: the event's stream.
-pub const STREAM_ID: &str = "mink-stream-id";
-/// `mink-stream-version`: the event's version in its stream.
-pub const STREAM_VERSION: &str = "mink-stream-version";
-/// `mink-position`: the event's position in the store's feed.
-pub const POSITION: &str = "mink-position";
-/// `mink-destination`: the outbox destination.
-pub const DESTINATION: &str = "mink-destination";
-/// `mink-codec`: the payload's codec tag.
-pub const CODEC: &str = "mink-codec";
-/// `mink-recorded-at`: when the event was recorded (RFC 3339, UTC).
-pub const RECORDED_AT: &str = "mink-recorded-at";
-/// `mink-correlation-id`.
-pub const CORRELATION_ID: &str = "mink-correlation-id";
-/// `mink-causation-id`.
-pub const CAUSATION_ID: &str = "mink-causation-id";
-/// `mink-user-id`.
-pub const USER_ID: &str = "mink-user-id";
-/// `mink-tenant-id`.
-pub const TENANT_ID: &str = "mink-tenant-id";
-/// The prefix of the custom metadata headers: `mink-meta-<key>`.
-pub const CUSTOM_PREFIX: &str = "mink-meta-";
-/// The custom metadata keys that travel under their own names (W3C trace context).
-pub const TRACE_CONTEXT_KEYS: [&str; 3] = ["traceparent", "tracestate", "baggage"];
+pub use mink_es::outbox::headers::{
+    CAUSATION_ID, CODEC, CORRELATION_ID, DESTINATION, EVENT_ID, EVENT_TYPE, MESSAGE_ID,
+    META_PREFIX as CUSTOM_PREFIX, POSITION, RECORDED_AT, STREAM_ID, STREAM_VERSION, TENANT_ID,
+    TRACE_CONTEXT as TRACE_CONTEXT_KEYS, USER_ID,
+};
+
 /// `Nats-Msg-Id`: JetStream's de-duplication header.
 pub const NATS_MSG_ID: &str = "Nats-Msg-Id";
 /// `Content-Type`.
@@ -67,40 +32,10 @@ pub const CONTENT_TYPE: &str = "Content-Type";
 /// The headers of `m`, published with content type `content_type`.
 pub(crate) fn for_message(m: &OutboxMessage, content_type: &str) -> HeaderMap {
     let mut h = HeaderMap::new();
-    let id = m.id.to_string();
-    put(&mut h, NATS_MSG_ID, &id);
+    put(&mut h, NATS_MSG_ID, &m.id.to_string());
     put(&mut h, CONTENT_TYPE, content_type);
-    put(&mut h, MESSAGE_ID, &id);
-    put(&mut h, EVENT_ID, &m.event_id.to_string());
-    put(&mut h, EVENT_TYPE, &m.event_type);
-    put(&mut h, STREAM_ID, m.stream_id.as_str());
-    put(&mut h, STREAM_VERSION, &m.stream_version.to_string());
-    put(&mut h, POSITION, &m.position.to_string());
-    put(&mut h, DESTINATION, &m.destination);
-    put(&mut h, CODEC, m.codec.as_str());
-    put(
-        &mut h,
-        RECORDED_AT,
-        &m.created_at
-            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-    );
-    let md = &m.metadata;
-    for (name, value) in [
-        (CORRELATION_ID, md.correlation_id()),
-        (CAUSATION_ID, md.causation_id()),
-        (USER_ID, md.user_id()),
-        (TENANT_ID, md.tenant_id()),
-    ] {
-        if let Some(v) = value {
-            put(&mut h, name, v);
-        }
-    }
-    for (key, value) in md.custom() {
-        if TRACE_CONTEXT_KEYS.contains(&key.as_str()) {
-            put(&mut h, key, value);
-        } else {
-            put(&mut h, &format!("{CUSTOM_PREFIX}{key}"), value);
-        }
+    for (name, value) in m.headers() {
+        put(&mut h, &name, &value);
     }
     h
 }
@@ -152,6 +87,7 @@ mod tests {
         assert_eq!(get(EVENT_TYPE).as_deref(), Some("Placed"));
         assert_eq!(get(STREAM_ID).as_deref(), Some("order-1"));
         assert_eq!(get(STREAM_VERSION).as_deref(), Some("7"));
+        assert_eq!(get(POSITION).as_deref(), Some("0"));
         assert_eq!(get(DESTINATION).as_deref(), Some("orders"));
         assert_eq!(get(CODEC).as_deref(), Some("json"));
         assert_eq!(

@@ -4,8 +4,8 @@
 //! [`NatsPublisher`] publishes each outbox message to a JetStream subject chosen by its
 //! destination ([`SubjectTemplate`], by default `mink.{destination}.{category}`), with
 //! the outbox message id as `Nats-Msg-Id` — so a stream with a duplicate window stores
-//! a redelivered message once — and the event's metadata as headers (see
-//! [`headers`]). A publish is complete only when the stream has acknowledged it.
+//! a redelivered message once — and the event's metadata as headers: the standard
+//! headers every mink publisher sends ([`mink_es::outbox::headers`]; see [`headers`]). A publish is complete only when the stream has acknowledged it.
 //! A batch is pipelined: every message is sent, then all the acks are awaited.
 //!
 //! # Example
@@ -87,19 +87,32 @@
 
 #![forbid(unsafe_code)]
 
-mod content_type;
 mod error;
 pub mod headers;
 mod publisher;
 mod subject;
 
-pub use content_type::ContentTypes;
 pub use error::NatsError;
 pub use publisher::{
     DEFAULT_ACK_TIMEOUT, DEFAULT_MAX_ACK_INFLIGHT, NatsPublisher, NatsPublisherBuilder,
     stream_config,
 };
 pub use subject::SubjectTemplate;
+
+/// Maps a payload's codec tag to the `Content-Type` a message is published with: the
+/// built-in [`content_type`](mink_es::outbox::headers::content_type) of each codec
+/// (`json` → `application/json`, `msgpack` → `application/msgpack`, `protobuf` →
+/// `application/x-protobuf`, any other → `application/octet-stream`), with mappings
+/// added by [`ContentTypes::with`]. The type is shared with every mink publisher.
+///
+/// ```
+/// use mink_nats::ContentTypes;
+/// let types = ContentTypes::default().with("avro", "application/avro");
+/// assert_eq!(types.get("json"), "application/json");
+/// assert_eq!(types.get("avro"), "application/avro");
+/// assert_eq!(types.get("cbor"), "application/octet-stream");
+/// ```
+pub use mink_es::outbox::ContentTypes;
 
 /// The NATS client crate this one is built on, for its connection options and
 /// JetStream types.

@@ -3,50 +3,14 @@
 use std::fmt;
 use std::str::FromStr;
 
-use mink_es::outbox::OutboxMessage;
+use mink_es::outbox::{OutboxMessage, Part, Placeholder, Template};
 
 use crate::NatsError;
-
-/// A value a template takes from the message.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Field {
-    Destination,
-    Category,
-    EventType,
-    StreamId,
-}
-
-impl Field {
-    fn parse(name: &str) -> Option<Field> {
-        Some(match name {
-            "destination" => Field::Destination,
-            "category" => Field::Category,
-            "event_type" => Field::EventType,
-            "stream_id" => Field::StreamId,
-            _ => return None,
-        })
-    }
-
-    fn value(self, m: &OutboxMessage) -> &str {
-        match self {
-            Field::Destination => &m.destination,
-            Field::Category => m.stream_id.category(),
-            Field::EventType => &m.event_type,
-            Field::StreamId => m.stream_id.as_str(),
-        }
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Part {
-    Literal(String),
-    Field(Field),
-}
 
 /// The subject of a destination's messages: literal text with placeholders filled from
 /// each message.
 ///
-/// Placeholders:
+/// Placeholders (parsed by [`Template`]):
 ///
 /// | placeholder | value |
 /// |---|---|
@@ -75,8 +39,7 @@ enum Part {
 /// ```
 #[derive(Clone, PartialEq, Eq)]
 pub struct SubjectTemplate {
-    source: String,
-    parts: Vec<Part>,
+    template: Template,
 }
 
 impl SubjectTemplate {
@@ -93,72 +56,28 @@ impl SubjectTemplate {
             template: source.clone(),
             reason,
         };
-        let mut parts = Vec::new();
-        let mut rest = source.as_str();
-        while !rest.is_empty() {
-            match rest.find(['{', '}']) {
-                None => {
-                    parts.push(Part::Literal(rest.to_owned()));
-                    rest = "";
-                }
-                Some(i) => {
-                    if i > 0 {
-                        parts.push(Part::Literal(rest[..i].to_owned()));
-                    }
-                    if rest[i..].starts_with('}') {
-                        return Err(invalid("a `}` without its `{`".into()));
-                    }
-                    let after = &rest[i + 1..];
-                    let end = after
-                        .find('}')
-                        .ok_or_else(|| invalid("a `{` without its `}`".into()))?;
-                    let name = &after[..end];
-                    let field = Field::parse(name).ok_or_else(|| {
-                        invalid(format!(
-                            "unknown placeholder {{{name}}} (known: {{destination}}, {{category}}, {{event_type}}, {{stream_id}})"
-                        ))
-                    })?;
-                    parts.push(Part::Field(field));
-                    rest = &after[end + 1..];
-                }
-            }
-        }
-        let template = SubjectTemplate {
-            source: source.clone(),
-            parts,
-        };
+        let template = Template::parse(source.as_str()).map_err(|e| invalid(e.to_string()))?;
         // Placeholder values always render as one valid token, so a sample rendering
         // tells whether every subject this template makes is valid.
-        let sample = template.render_with(|_| "x");
+        let sample = template.render_with(|_| "x", push_token);
         if let Some(reason) = subject_problem(&sample) {
             return Err(invalid(reason));
         }
-        Ok(template)
+        Ok(SubjectTemplate { template })
     }
 
     /// The template text.
     pub fn as_str(&self) -> &str {
-        &self.source
+        self.template.as_str()
     }
 
     /// The subject for `message`.
     pub fn render(&self, message: &OutboxMessage) -> String {
-        self.render_with(|f| f.value(message))
-    }
-
-    fn render_with<'a>(&self, value: impl Fn(Field) -> &'a str) -> String {
-        let mut out = String::with_capacity(self.source.len() + 32);
-        for part in &self.parts {
-            match part {
-                Part::Literal(s) => out.push_str(s),
-                Part::Field(f) => push_token(&mut out, value(*f)),
-            }
-        }
-        out
+        self.template.render(message, push_token)
     }
 }
 
-/// Appends `value` as one subject token.
+/// Appends `value` as one subject token (the sanitiser of every placeholder value).
 fn push_token(out: &mut String, value: &str) {
     if value.is_empty() {
         out.push('_');
@@ -214,26 +133,25 @@ impl FromStr for SubjectTemplate {
 impl Default for SubjectTemplate {
     fn default() -> Self {
         SubjectTemplate {
-            source: SubjectTemplate::DEFAULT.to_owned(),
-            parts: vec![
+            template: Template::from_parts([
                 Part::Literal("mink.".into()),
-                Part::Field(Field::Destination),
+                Part::Placeholder(Placeholder::Destination),
                 Part::Literal(".".into()),
-                Part::Field(Field::Category),
-            ],
+                Part::Placeholder(Placeholder::Category),
+            ]),
         }
     }
 }
 
 impl fmt::Debug for SubjectTemplate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&self.source, f)
+        fmt::Debug::fmt(self.as_str(), f)
     }
 }
 
 impl fmt::Display for SubjectTemplate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.source)
+        f.write_str(self.as_str())
     }
 }
 

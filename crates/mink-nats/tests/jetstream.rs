@@ -243,6 +243,12 @@ async fn headers_subject_and_payload_arrive() {
     for (name, value) in &expected {
         assert_eq!(header(first, name).as_ref(), Some(value), "header {name}");
     }
+    assert_eq!(
+        first.headers.as_ref().unwrap().len(),
+        expected.len(),
+        "no other header: {:?}",
+        first.headers
+    );
 
     // A destination with its own template; the dot of the event type stays in one token.
     let second = &got[1];

@@ -15,101 +15,37 @@
 //! `user_id` is never set: RabbitMQ checks it against the connection's user. The
 //! event's user id travels in the `mink-user-id` header.
 //!
-//! Headers (every value a long string):
+//! Headers (every value a long string): the standard headers every mink publisher
+//! sends, documented in [`mink_es::outbox::headers`] — `mink-message-id`,
+//! `mink-event-id`, `mink-event-type`, `mink-stream-id`, `mink-stream-version`,
+//! `mink-position`, `mink-destination`, `mink-codec`, `mink-recorded-at`,
+//! `mink-correlation-id`, `mink-causation-id`, `mink-user-id`, `mink-tenant-id` (the
+//! ids when set), `traceparent`, `tracestate`, `baggage` (when set) and
+//! `mink-meta-<key>` ([`CUSTOM_PREFIX`]) for the other custom metadata. The constants
+//! below are those names.
 //!
-//! | header | value |
-//! |---|---|
-//! | [`MESSAGE_ID`] `mink-message-id` | the outbox message id |
-//! | [`EVENT_ID`] `mink-event-id` | the event id |
-//! | [`EVENT_TYPE`] `mink-event-type` | the event type name |
-//! | [`STREAM_ID`] `mink-stream-id` | the event's stream |
-//! | [`STREAM_VERSION`] `mink-stream-version` | the event's version in its stream, in decimal |
-//! | [`POSITION`] `mink-position` | the event's position in the store's feed (its stable text form) |
-//! | [`DESTINATION`] `mink-destination` | the outbox route's destination name |
-//! | [`CODEC`] `mink-codec` | the payload's codec tag (`json`, `msgpack`, …) |
-//! | [`RECORDED_AT`] `mink-recorded-at` | when the event was recorded, RFC 3339 in UTC, microseconds |
-//! | [`CORRELATION_ID`] `mink-correlation-id` | when set |
-//! | [`CAUSATION_ID`] `mink-causation-id` | when set |
-//! | [`USER_ID`] `mink-user-id` | when set |
-//! | [`TENANT_ID`] `mink-tenant-id` | when set |
-//! | `traceparent`, `tracestate`, `baggage` | the W3C trace context, when the event's custom metadata holds these keys |
-//! | `mink-meta-<key>` ([`CUSTOM_PREFIX`]) | every other custom metadata entry |
-//!
-//! A header whose name would exceed 255 bytes is left out, with a warning in the log.
+//! A header whose name would exceed 255 bytes (an AMQP short string) is left out, with
+//! a warning in the log.
 
 use amq_types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::BasicProperties;
 use lapin::types as amq_types;
 use mink_es::outbox::OutboxMessage;
 
+pub use mink_es::outbox::headers::{
+    CAUSATION_ID, CODEC, CORRELATION_ID, DESTINATION, EVENT_ID, EVENT_TYPE, MESSAGE_ID,
+    META_PREFIX as CUSTOM_PREFIX, POSITION, RECORDED_AT, STREAM_ID, STREAM_VERSION, TENANT_ID,
+    TRACE_CONTEXT as TRACE_CONTEXT_KEYS, USER_ID,
+};
+
 /// The longest AMQP short string (names, routing keys, most properties).
 pub(crate) const MAX_SHORT: usize = 255;
-
-/// `mink-message-id`: the outbox message id.
-pub const MESSAGE_ID: &str = "mink-message-id";
-/// `mink-event-id`: the event id.
-pub const EVENT_ID: &str = "mink-event-id";
-/// `mink-event-type`: the event type name.
-pub const EVENT_TYPE: &str = "mink-event-type";
-/// `mink-stream-id`: the event's stream.
-pub const STREAM_ID: &str = "mink-stream-id";
-/// `mink-stream-version`: the event's version in its stream.
-pub const STREAM_VERSION: &str = "mink-stream-version";
-/// `mink-position`: the event's position in the store's feed.
-pub const POSITION: &str = "mink-position";
-/// `mink-destination`: the outbox destination.
-pub const DESTINATION: &str = "mink-destination";
-/// `mink-codec`: the payload's codec tag.
-pub const CODEC: &str = "mink-codec";
-/// `mink-recorded-at`: when the event was recorded (RFC 3339, UTC).
-pub const RECORDED_AT: &str = "mink-recorded-at";
-/// `mink-correlation-id`.
-pub const CORRELATION_ID: &str = "mink-correlation-id";
-/// `mink-causation-id`.
-pub const CAUSATION_ID: &str = "mink-causation-id";
-/// `mink-user-id`.
-pub const USER_ID: &str = "mink-user-id";
-/// `mink-tenant-id`.
-pub const TENANT_ID: &str = "mink-tenant-id";
-/// The prefix of the custom metadata headers: `mink-meta-<key>`.
-pub const CUSTOM_PREFIX: &str = "mink-meta-";
-/// The custom metadata keys that travel under their own names (W3C trace context).
-pub const TRACE_CONTEXT_KEYS: [&str; 3] = ["traceparent", "tracestate", "baggage"];
 
 /// The headers of `m`.
 pub(crate) fn table(m: &OutboxMessage) -> FieldTable {
     let mut t = FieldTable::default();
-    put(&mut t, MESSAGE_ID, m.id.to_string());
-    put(&mut t, EVENT_ID, m.event_id.to_string());
-    put(&mut t, EVENT_TYPE, m.event_type.clone());
-    put(&mut t, STREAM_ID, m.stream_id.as_str().to_owned());
-    put(&mut t, STREAM_VERSION, m.stream_version.to_string());
-    put(&mut t, POSITION, m.position.to_string());
-    put(&mut t, DESTINATION, m.destination.clone());
-    put(&mut t, CODEC, m.codec.as_str().to_owned());
-    put(
-        &mut t,
-        RECORDED_AT,
-        m.created_at
-            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-    );
-    let md = &m.metadata;
-    for (name, value) in [
-        (CORRELATION_ID, md.correlation_id()),
-        (CAUSATION_ID, md.causation_id()),
-        (USER_ID, md.user_id()),
-        (TENANT_ID, md.tenant_id()),
-    ] {
-        if let Some(v) = value {
-            put(&mut t, name, v.to_owned());
-        }
-    }
-    for (key, value) in md.custom() {
-        if TRACE_CONTEXT_KEYS.contains(&key.as_str()) {
-            put(&mut t, key, value.clone());
-        } else {
-            put(&mut t, &format!("{CUSTOM_PREFIX}{key}"), value.clone());
-        }
+    for (name, value) in m.headers() {
+        put(&mut t, &name, value.into_owned());
     }
     t
 }
@@ -206,16 +142,21 @@ mod tests {
             _ => None,
         };
         assert_eq!(get(MESSAGE_ID), Some(m.id.to_string()));
+        assert_eq!(get(EVENT_ID), Some(m.event_id.to_string()));
+        assert_eq!(get(EVENT_TYPE).as_deref(), Some("Placed"));
+        assert_eq!(get(STREAM_ID).as_deref(), Some("order-1"));
         assert_eq!(get(STREAM_VERSION).as_deref(), Some("7"));
         assert_eq!(get(POSITION).as_deref(), Some("9"));
+        assert_eq!(get(DESTINATION).as_deref(), Some("orders"));
+        assert_eq!(get(CODEC).as_deref(), Some("json"));
         assert_eq!(get(CORRELATION_ID), Some("c".repeat(300)));
         assert_eq!(get(USER_ID).as_deref(), Some("alice"));
         assert_eq!(get("traceparent").as_deref(), Some("00-abc-def-01"));
         assert_eq!(get("mink-meta-source").as_deref(), Some("web"));
         assert_eq!(
-            get(RECORDED_AT).as_deref(),
+            get("mink-recorded-at").as_deref(),
             Some("2023-11-14T22:13:20.000000Z")
         );
-        assert_eq!(h.inner().len(), 13);
+        assert_eq!(h.inner().len(), 13, "the 300-byte custom key is left out");
     }
 }

@@ -5,8 +5,8 @@
 //! [`RabbitPublisher`] publishes each outbox message to an exchange chosen by its
 //! destination, with a routing key made from the message ([`RoutingKeyTemplate`], by
 //! default `{category}.{event_type}`), as a persistent message whose `message_id` is
-//! the outbox message id and whose headers carry the event's metadata (see
-//! [`headers`]). The channel is in **publisher confirm** mode: a publish is complete
+//! the outbox message id and whose headers carry the event's metadata: the standard
+//! headers every mink publisher sends ([`mink_es::outbox::headers`]; see [`headers`]). The channel is in **publisher confirm** mode: a publish is complete
 //! only when the broker has confirmed it. A batch is pipelined: every message is
 //! published, then all the confirms are awaited.
 //!
@@ -103,19 +103,33 @@
 
 #![forbid(unsafe_code)]
 
-mod content_type;
 mod error;
 pub mod headers;
 mod publisher;
 mod routing;
 
-pub use content_type::ContentTypes;
 pub use error::RabbitError;
 pub use publisher::{
     DEFAULT_CONFIRM_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, OnUnroutable, RabbitPublisher,
     RabbitPublisherBuilder,
 };
 pub use routing::{MAX_ROUTING_KEY_LEN, RoutingKeyTemplate};
+
+/// Maps a payload's codec tag to the AMQP `content_type` property a message is
+/// published with: the built-in
+/// [`content_type`](mink_es::outbox::headers::content_type) of each codec (`json` →
+/// `application/json`, `msgpack` → `application/msgpack`, `protobuf` →
+/// `application/x-protobuf`, any other → `application/octet-stream`), with mappings
+/// added by [`ContentTypes::with`]. The type is shared with every mink publisher.
+///
+/// ```
+/// use mink_rabbitmq::ContentTypes;
+/// let types = ContentTypes::default().with("avro", "application/avro");
+/// assert_eq!(types.get("json"), "application/json");
+/// assert_eq!(types.get("avro"), "application/avro");
+/// assert_eq!(types.get("cbor"), "application/octet-stream");
+/// ```
+pub use mink_es::outbox::ContentTypes;
 
 /// The AMQP client crate this one is built on, for its connection properties and
 /// types.

@@ -3,52 +3,17 @@
 use std::fmt;
 use std::str::FromStr;
 
-use mink_es::outbox::OutboxMessage;
+use mink_es::outbox::{OutboxMessage, Part, Placeholder, Template};
 
 use crate::RabbitError;
 
 /// The longest routing key AMQP carries (a short string).
 pub const MAX_ROUTING_KEY_LEN: usize = 255;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Field {
-    Destination,
-    Category,
-    EventType,
-    StreamId,
-}
-
-impl Field {
-    fn parse(name: &str) -> Option<Field> {
-        Some(match name {
-            "destination" => Field::Destination,
-            "category" => Field::Category,
-            "event_type" => Field::EventType,
-            "stream_id" => Field::StreamId,
-            _ => return None,
-        })
-    }
-
-    fn value(self, m: &OutboxMessage) -> &str {
-        match self {
-            Field::Destination => &m.destination,
-            Field::Category => m.stream_id.category(),
-            Field::EventType => &m.event_type,
-            Field::StreamId => m.stream_id.as_str(),
-        }
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Part {
-    Literal(String),
-    Field(Field),
-}
-
 /// The routing key of a destination's messages: literal text with placeholders filled
 /// from each message.
 ///
-/// Placeholders:
+/// Placeholders (parsed by [`Template`]):
 ///
 /// | placeholder | value |
 /// |---|---|
@@ -75,9 +40,7 @@ enum Part {
 /// ```
 #[derive(Clone, PartialEq, Eq)]
 pub struct RoutingKeyTemplate {
-    source: String,
-    parts: Vec<Part>,
-    fixed_len: usize,
+    template: Template,
 }
 
 impl RoutingKeyTemplate {
@@ -94,75 +57,30 @@ impl RoutingKeyTemplate {
             template: source.clone(),
             reason,
         };
-        let mut parts = Vec::new();
-        let mut rest = source.as_str();
-        while !rest.is_empty() {
-            match rest.find(['{', '}']) {
-                None => {
-                    parts.push(Part::Literal(rest.to_owned()));
-                    rest = "";
-                }
-                Some(i) => {
-                    if i > 0 {
-                        parts.push(Part::Literal(rest[..i].to_owned()));
-                    }
-                    if rest[i..].starts_with('}') {
-                        return Err(invalid("a `}` without its `{`".into()));
-                    }
-                    let after = &rest[i + 1..];
-                    let end = after
-                        .find('}')
-                        .ok_or_else(|| invalid("a `{` without its `}`".into()))?;
-                    let name = &after[..end];
-                    let field = Field::parse(name).ok_or_else(|| {
-                        invalid(format!(
-                            "unknown placeholder {{{name}}} (known: {{destination}}, {{category}}, {{event_type}}, {{stream_id}})"
-                        ))
-                    })?;
-                    parts.push(Part::Field(field));
-                    rest = &after[end + 1..];
-                }
-            }
-        }
-        let fixed_len = parts
-            .iter()
-            .map(|p| match p {
-                Part::Literal(s) => s.len(),
-                Part::Field(_) => 1,
-            })
-            .sum();
+        let template = Template::parse(source.as_str()).map_err(|e| invalid(e.to_string()))?;
+        // Each placeholder renders as at least one byte (`_` for an empty value).
+        let fixed_len = template.literal_len() + template.placeholders().count();
         if fixed_len > MAX_ROUTING_KEY_LEN {
             return Err(invalid(format!(
                 "a routing key is at most {MAX_ROUTING_KEY_LEN} bytes, and this template's fixed part alone is {fixed_len}"
             )));
         }
-        Ok(RoutingKeyTemplate {
-            source,
-            parts,
-            fixed_len,
-        })
+        Ok(RoutingKeyTemplate { template })
     }
 
     /// The template text.
     pub fn as_str(&self) -> &str {
-        &self.source
+        self.template.as_str()
     }
 
     /// The routing key for `message` (possibly longer than AMQP allows: the publisher
     /// checks).
     pub fn render(&self, message: &OutboxMessage) -> String {
-        let mut out = String::with_capacity(self.fixed_len + 32);
-        for part in &self.parts {
-            match part {
-                Part::Literal(s) => out.push_str(s),
-                Part::Field(f) => push_word(&mut out, f.value(message)),
-            }
-        }
-        out
+        self.template.render(message, push_word)
     }
 }
 
-/// Appends `value` as one routing key word.
+/// Appends `value` as one routing key word (the sanitiser of every placeholder value).
 fn push_word(out: &mut String, value: &str) {
     if value.is_empty() {
         out.push('_');
@@ -182,26 +100,24 @@ impl FromStr for RoutingKeyTemplate {
 impl Default for RoutingKeyTemplate {
     fn default() -> Self {
         RoutingKeyTemplate {
-            source: RoutingKeyTemplate::DEFAULT.to_owned(),
-            parts: vec![
-                Part::Field(Field::Category),
+            template: Template::from_parts([
+                Part::Placeholder(Placeholder::Category),
                 Part::Literal(".".into()),
-                Part::Field(Field::EventType),
-            ],
-            fixed_len: 3,
+                Part::Placeholder(Placeholder::EventType),
+            ]),
         }
     }
 }
 
 impl fmt::Debug for RoutingKeyTemplate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&self.source, f)
+        fmt::Debug::fmt(self.as_str(), f)
     }
 }
 
 impl fmt::Display for RoutingKeyTemplate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.source)
+        f.write_str(self.as_str())
     }
 }
 

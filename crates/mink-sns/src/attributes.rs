@@ -1,41 +1,72 @@
 //! The SNS message attributes that carry an outbox message's metadata, and the body.
 //!
-//! SNS delivers at most 10 message attributes to an SQS subscription with raw message
-//! delivery (a message with more is discarded there), so a message carries at most 10:
-//! six always, four when they apply. Everything of the event's metadata that has no
-//! attribute of its own travels in [`METADATA`].
+//! The attributes have the names of the standard headers every mink publisher sends
+//! ([`mink_es::outbox::headers`]), but not all of them: SNS delivers at most 10 message
+//! attributes to an SQS subscription with raw message delivery (a message with more is
+//! discarded there), so a message carries at most 10 — six always, four when they
+//! apply:
+//!
+//! | attribute | value | sent |
+//! |---|---|---|
+//! | [`mink-message-id`](MESSAGE_ID) | the outbox message id | always |
+//! | [`mink-event-id`](EVENT_ID) | the event id | always |
+//! | [`mink-event-type`](EVENT_TYPE) | the event type name (for subscription filter policies) | always |
+//! | [`mink-stream-id`](STREAM_ID) | the stream id | always |
+//! | [`mink-stream-version`](STREAM_VERSION) | the event's version in its stream, a `Number` attribute | always |
+//! | [`mink-codec`](CODEC) | the payload's codec tag | always |
+//! | [`mink-correlation-id`](CORRELATION_ID) | the correlation id | when set and not empty |
+//! | [`traceparent`](TRACEPARENT) | the W3C trace context | when set and not empty |
+//! | [`mink-body-encoding`](BODY_ENCODING) | `base64`: the body is the base64 form of a payload that is not UTF-8 | when so |
+//! | [`mink-metadata`](METADATA) | the whole metadata as JSON | when it holds more than the correlation id and `traceparent` |
+//!
+//! Everything of the event's metadata that has no attribute of its own travels in
+//! [`METADATA`]; the other standard headers (`mink-position`, `mink-destination`,
+//! `mink-recorded-at`) are not sent.
 
 use std::collections::HashMap;
 
 use aws_sdk_sns::types::MessageAttributeValue;
 use base64::Engine as _;
-use mink_es::outbox::OutboxMessage;
+use mink_es::outbox::{OutboxMessage, headers};
 
 /// The outbox message id (a UUID, stable across redeliveries): receivers de-duplicate
 /// on it. On a FIFO topic it is also the `MessageDeduplicationId`.
-pub const MESSAGE_ID: &str = "mink.message_id";
+pub const MESSAGE_ID: &str = headers::MESSAGE_ID;
 /// The event id (a UUID).
-pub const EVENT_ID: &str = "mink.event_id";
+pub const EVENT_ID: &str = headers::EVENT_ID;
 /// The event type name (for subscription filter policies).
-pub const EVENT_TYPE: &str = "mink.event_type";
+pub const EVENT_TYPE: &str = headers::EVENT_TYPE;
 /// The stream id (on a FIFO topic the message group, unless it had to be hashed: see
 /// [`message_group_id`]).
-pub const STREAM_ID: &str = "mink.stream_id";
+pub const STREAM_ID: &str = headers::STREAM_ID;
 /// The event's version in its stream (a `Number` attribute).
-pub const STREAM_VERSION: &str = "mink.stream_version";
+pub const STREAM_VERSION: &str = headers::STREAM_VERSION;
 /// The codec of the payload (`json`, `msgpack`, …).
-pub const CODEC: &str = "mink.codec";
+pub const CODEC: &str = headers::CODEC;
 /// `base64` when the body is the base64 form of a payload that is not UTF-8 text (SNS
-/// bodies are text); absent otherwise.
-pub const BODY_ENCODING: &str = "mink.body_encoding";
+/// bodies are text); absent otherwise. Only SNS sends it.
+pub const BODY_ENCODING: &str = "mink-body-encoding";
 /// The correlation id, when set.
-pub const CORRELATION_ID: &str = "mink.correlation_id";
+pub const CORRELATION_ID: &str = headers::CORRELATION_ID;
 /// The W3C trace context, when the metadata has it (custom key `traceparent`).
-pub const TRACEPARENT: &str = "traceparent";
+pub const TRACEPARENT: &str = headers::TRACEPARENT;
 /// The whole metadata as JSON (`Metadata::to_json`: `causationId`, `userId`,
 /// `tenantId`, `custom`, …), when it holds anything besides the correlation id and
-/// `traceparent`.
-pub const METADATA: &str = "mink.metadata";
+/// `traceparent`. Only SNS sends it.
+pub const METADATA: &str = "mink-metadata";
+
+/// The standard headers that travel as attributes of their own, within the limit of
+/// 10 (with [`BODY_ENCODING`] and [`METADATA`]).
+const OWN_ATTRIBUTES: [&str; 8] = [
+    MESSAGE_ID,
+    EVENT_ID,
+    EVENT_TYPE,
+    STREAM_ID,
+    STREAM_VERSION,
+    CODEC,
+    CORRELATION_ID,
+    TRACEPARENT,
+];
 
 /// The longest SNS FIFO message group id.
 pub const MAX_GROUP_ID_LEN: usize = 128;
@@ -48,10 +79,10 @@ fn string(value: impl Into<String>) -> Option<MessageAttributeValue> {
         .ok()
 }
 
-fn number(value: u64) -> Option<MessageAttributeValue> {
+fn number(value: &str) -> Option<MessageAttributeValue> {
     MessageAttributeValue::builder()
         .data_type("Number")
-        .string_value(value.to_string())
+        .string_value(value)
         .build()
         .ok()
 }
@@ -64,12 +95,18 @@ pub fn for_message(m: &OutboxMessage) -> (String, HashMap<String, MessageAttribu
             attrs.insert(name.to_owned(), v);
         }
     };
-    put(MESSAGE_ID, string(m.id.to_string()));
-    put(EVENT_ID, string(m.event_id.to_string()));
-    put(EVENT_TYPE, string(m.event_type.as_str()));
-    put(STREAM_ID, string(m.stream_id.as_str()));
-    put(STREAM_VERSION, number(m.stream_version));
-    put(CODEC, string(m.codec.as_str()));
+    for (name, value) in m.headers() {
+        // SNS refuses an empty attribute value.
+        if !OWN_ATTRIBUTES.contains(&&*name) || value.is_empty() {
+            continue;
+        }
+        let value = if name == STREAM_VERSION {
+            number(&value)
+        } else {
+            string(value)
+        };
+        put(&name, value);
+    }
     let body = match std::str::from_utf8(&m.payload) {
         Ok(text) => text.to_owned(),
         Err(_) => {
@@ -78,19 +115,10 @@ pub fn for_message(m: &OutboxMessage) -> (String, HashMap<String, MessageAttribu
         }
     };
     let md = &m.metadata;
-    let non_empty = |v: Option<&str>| v.filter(|v| !v.is_empty()).map(str::to_owned);
-    put(
-        CORRELATION_ID,
-        non_empty(md.correlation_id()).and_then(string),
-    );
-    put(
-        TRACEPARENT,
-        non_empty(md.custom_value("traceparent")).and_then(string),
-    );
     let more = md.causation_id().is_some()
         || md.user_id().is_some()
         || md.tenant_id().is_some()
-        || md.custom().keys().any(|k| k != "traceparent");
+        || md.custom().keys().any(|k| k != TRACEPARENT);
     if more {
         put(METADATA, md.to_json().and_then(string));
     }
@@ -155,8 +183,40 @@ mod tests {
             .with_custom("tracestate", "x=1")
             .with_custom("a", "1")
             .with_custom("b", "2");
-        let (body, attrs) = for_message(&msg(&[0xff, 0x00], md.clone()));
-        assert_eq!(attrs.len(), 10);
+        let m = msg(&[0xff, 0x00], md.clone());
+        let (body, attrs) = for_message(&m);
+        let mut names: Vec<&str> = attrs.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            [
+                "mink-body-encoding",
+                "mink-codec",
+                "mink-correlation-id",
+                "mink-event-id",
+                "mink-event-type",
+                "mink-message-id",
+                "mink-metadata",
+                "mink-stream-id",
+                "mink-stream-version",
+                "traceparent",
+            ]
+        );
+        assert_eq!(attrs[MESSAGE_ID].string_value(), Some(&*m.id.to_string()));
+        assert_eq!(
+            attrs[EVENT_ID].string_value(),
+            Some(&*m.event_id.to_string())
+        );
+        assert_eq!(attrs[EVENT_TYPE].string_value(), Some("OrderPlaced"));
+        assert_eq!(attrs[STREAM_ID].string_value(), Some("Order-1"));
+        assert_eq!(attrs[CODEC].string_value(), Some("json"));
+        assert_eq!(attrs[CORRELATION_ID].string_value(), Some("c"));
+        assert_eq!(attrs[TRACEPARENT].string_value(), Some("00-1-2-01"));
+        assert!(
+            attrs
+                .values()
+                .all(|v| v.data_type() == "String" || v.data_type() == "Number")
+        );
         assert_eq!(body, "/wA=");
         assert_eq!(attrs[BODY_ENCODING].string_value(), Some("base64"));
         assert_eq!(attrs[STREAM_VERSION].data_type(), "Number");
@@ -178,6 +238,14 @@ mod tests {
             attrs.len(),
             8,
             "no metadata JSON when every field has its attribute"
+        );
+        let empty = Metadata::default()
+            .with_correlation_id("")
+            .with_custom("traceparent", "");
+        let (_, attrs) = for_message(&msg(b"{}", empty));
+        assert!(
+            !attrs.contains_key(CORRELATION_ID) && !attrs.contains_key(TRACEPARENT),
+            "SNS refuses empty values"
         );
     }
 

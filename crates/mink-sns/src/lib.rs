@@ -4,10 +4,13 @@
 //! configured for its destination:
 //!
 //! * **body**: the payload as text (a payload that is not UTF-8 is sent as base64, with
-//!   the attribute `mink.body_encoding = base64`); SNS refuses empty bodies, so an
+//!   the attribute `mink-body-encoding = base64`); SNS refuses empty bodies, so an
 //!   empty payload is a permanent failure (shape such events with a route transform);
-//! * **message attributes**: the event's metadata, at most 10 so that SQS subscriptions
-//!   with raw message delivery receive them (table in [`attributes`]);
+//! * **message attributes**: the event's metadata under the names of the standard
+//!   headers every mink publisher sends ([`mink_es::outbox::headers`]), at most 10 so
+//!   that SQS subscriptions with raw message delivery receive them (table in
+//!   [`attributes`]; before the names were unified, this crate sent `mink.message_id`,
+//!   `mink.event_type`, … `mink.metadata`);
 //! * **FIFO topics** (ARN ending in `.fifo`): `MessageGroupId` = the stream id (so SNS
 //!   keeps each stream's order; see [`attributes::message_group_id`] for ids SNS does
 //!   not accept) and `MessageDeduplicationId` = the outbox message id (so SNS drops a

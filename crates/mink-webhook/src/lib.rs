@@ -11,8 +11,9 @@
 //! attempt) and `webhook-signature` (`v1,` + base64 HMAC-SHA256 of
 //! `"{id}.{timestamp}.{body}"` under a `whsec_…` secret; several secrets give several
 //! space-separated signatures, for rotation). The event's type, id, stream, version,
-//! correlation and causation ids and trace context ride along in headers: the full
-//! list is in [`header`].
+//! correlation and causation ids and trace context ride along in the standard headers
+//! every mink publisher sends ([`mink_es::outbox::headers`]): the full list is in
+//! [`header`].
 //!
 //! | the receiver answers | the outbox processor |
 //! |---|---|

@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use mink_es::outbox::{OutboxMessage, PublishError, Publisher};
+use mink_es::outbox::{OutboxMessage, PublishError, Publisher, headers};
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, LOCATION, RETRY_AFTER};
 use reqwest::{Client, Response, Url};
 use rustls_platform_verifier::BuilderVerifierExt as _;
@@ -33,21 +33,6 @@ const DRAIN_LIMIT: usize = 64 * 1024;
 const H_WEBHOOK_ID: HeaderName = HeaderName::from_static(h::WEBHOOK_ID);
 const H_WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static(h::WEBHOOK_TIMESTAMP);
 const H_WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static(h::WEBHOOK_SIGNATURE);
-const H_EVENT_TYPE: HeaderName = HeaderName::from_static(h::MINK_EVENT_TYPE);
-const H_EVENT_ID: HeaderName = HeaderName::from_static(h::MINK_EVENT_ID);
-const H_STREAM_ID: HeaderName = HeaderName::from_static(h::MINK_STREAM_ID);
-const H_STREAM_VERSION: HeaderName = HeaderName::from_static(h::MINK_STREAM_VERSION);
-const H_POSITION: HeaderName = HeaderName::from_static(h::MINK_POSITION);
-const H_DESTINATION: HeaderName = HeaderName::from_static(h::MINK_DESTINATION);
-const H_CODEC: HeaderName = HeaderName::from_static(h::MINK_CODEC);
-const H_RECORDED_AT: HeaderName = HeaderName::from_static(h::MINK_RECORDED_AT);
-const H_CORRELATION_ID: HeaderName = HeaderName::from_static(h::MINK_CORRELATION_ID);
-const H_CAUSATION_ID: HeaderName = HeaderName::from_static(h::MINK_CAUSATION_ID);
-const H_USER_ID: HeaderName = HeaderName::from_static(h::MINK_USER_ID);
-const H_TENANT_ID: HeaderName = HeaderName::from_static(h::MINK_TENANT_ID);
-const H_TRACEPARENT: HeaderName = HeaderName::from_static(h::TRACEPARENT);
-const H_TRACESTATE: HeaderName = HeaderName::from_static(h::TRACESTATE);
-const H_BAGGAGE: HeaderName = HeaderName::from_static(h::BAGGAGE);
 
 /// An outbox [`Publisher`] that delivers each message as a signed HTTP `POST`.
 ///
@@ -242,7 +227,7 @@ impl Inner {
         self.content_types
             .get(codec)
             .cloned()
-            .unwrap_or(HeaderValue::from_static("application/octet-stream"))
+            .unwrap_or_else(|| HeaderValue::from_static(headers::content_type(codec)))
     }
 
     fn headers_for(
@@ -267,51 +252,19 @@ impl Inner {
         put(H_WEBHOOK_ID, id);
         put(H_WEBHOOK_TIMESTAMP, &timestamp.to_string());
         put(H_WEBHOOK_SIGNATURE, signature);
-        put(H_EVENT_TYPE, &m.event_type);
-        put(H_EVENT_ID, &m.event_id.to_string());
-        put(H_STREAM_ID, m.stream_id.as_str());
-        put(H_STREAM_VERSION, &m.stream_version.to_string());
-        put(H_POSITION, &m.position.to_string());
-        put(H_DESTINATION, &m.destination);
-        put(H_CODEC, m.codec.as_str());
-        put(
-            H_RECORDED_AT,
-            &m.created_at
-                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-        );
-        let md = &m.metadata;
-        for (name, value) in [
-            (H_CORRELATION_ID, md.correlation_id()),
-            (H_CAUSATION_ID, md.causation_id()),
-            (H_USER_ID, md.user_id()),
-            (H_TENANT_ID, md.tenant_id()),
-        ] {
-            if let Some(v) = value {
-                put(name, v);
+        for (name, value) in m.headers() {
+            if !self.custom_metadata && name.starts_with(headers::META_PREFIX) {
+                continue;
             }
-        }
-        for (key, value) in md.custom() {
-            let lower = key.to_ascii_lowercase();
-            let name = match lower.as_str() {
-                h::TRACEPARENT => H_TRACEPARENT,
-                h::TRACESTATE => H_TRACESTATE,
-                h::BAGGAGE => H_BAGGAGE,
-                _ if !self.custom_metadata => continue,
-                _ => match HeaderName::from_bytes(
-                    format!("{}{lower}", h::MINK_META_PREFIX).as_bytes(),
-                ) {
-                    Ok(n) => n,
-                    Err(_) => {
-                        tracing::warn!(
-                            message = %m.id,
-                            key = %key,
-                            "a custom metadata key is not a valid header name; header left out"
-                        );
-                        continue;
-                    }
-                },
-            };
-            put(name, value);
+            // `from_bytes` lower-cases: HTTP header names are case-insensitive.
+            match HeaderName::from_bytes(name.as_bytes()) {
+                Ok(n) => put(n, &value),
+                Err(_) => tracing::warn!(
+                    message = %m.id,
+                    header = %name,
+                    "a custom metadata key is not a valid header name; header left out"
+                ),
+            }
         }
         hm
     }
@@ -679,14 +632,8 @@ impl WebhookPublisherBuilder {
             headers.append(header_name, header_value);
         }
 
-        let mut content_types: HashMap<String, HeaderValue> = [
-            ("json", "application/json"),
-            ("msgpack", "application/msgpack"),
-            ("protobuf", "application/x-protobuf"),
-        ]
-        .into_iter()
-        .map(|(codec, ct)| (codec.to_owned(), HeaderValue::from_static(ct)))
-        .collect();
+        // Overrides only; every other codec takes the shared default.
+        let mut content_types: HashMap<String, HeaderValue> = HashMap::new();
         for (codec, ct) in self.content_types {
             let value = HeaderValue::from_str(&ct)
                 .ok()

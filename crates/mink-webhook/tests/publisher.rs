@@ -111,6 +111,10 @@ async fn a_delivery_carries_the_body_metadata_headers_and_a_valid_signature() {
 
     // Content type and event metadata.
     assert_eq!(header(c, "content-type"), Some("application/json"));
+    assert_eq!(
+        header(c, "mink-message-id"),
+        Some(m.id.to_string().as_str())
+    );
     assert_eq!(header(c, "mink-event-type"), Some("OrderPlaced"));
     assert_eq!(
         header(c, "mink-event-id"),
@@ -152,6 +156,36 @@ async fn a_delivery_carries_the_body_metadata_headers_and_a_valid_signature() {
     assert!(
         !c.headers.keys().any(|k| k.as_str().contains("bad")),
         "an invalid header name is left out"
+    );
+    let mut standard: Vec<&str> = c
+        .headers
+        .keys()
+        .map(|k| k.as_str())
+        .filter(|k| k.starts_with("mink-") || k.starts_with("trace") || *k == "baggage")
+        .collect();
+    standard.sort_unstable();
+    assert_eq!(
+        standard,
+        [
+            "mink-causation-id",
+            "mink-codec",
+            "mink-correlation-id",
+            "mink-destination",
+            "mink-event-id",
+            "mink-event-type",
+            "mink-message-id",
+            "mink-meta-city",
+            "mink-meta-source",
+            "mink-position",
+            "mink-recorded-at",
+            "mink-stream-id",
+            "mink-stream-version",
+            "mink-tenant-id",
+            "mink-user-id",
+            "traceparent",
+            "tracestate",
+        ],
+        "the standard headers, and no others"
     );
 
     // Extra headers and the client's agent.

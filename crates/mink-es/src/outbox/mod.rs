@@ -15,10 +15,16 @@
 //!   limit moves it to the dead-letter queue. Messages of one stream are delivered in
 //!   order: a failing message holds back the later ones of its stream, not the others.
 //!   Delivery is at least once.
+//! * What every publisher shares: the [`headers`] a message is sent with (one set of
+//!   names for every transport) and the content type of each codec, and the
+//!   [`Template`] of destination names (NATS subjects, RabbitMQ routing keys, Kafka
+//!   topics).
 
+pub mod headers;
 pub mod processor;
 pub mod publisher;
 pub mod store;
+pub mod template;
 
 use std::fmt;
 use std::sync::Arc;
@@ -32,9 +38,11 @@ use crate::{
     BoxError, CodecTag, Error, EventId, Metadata, Position, Result, StoredEvent, StreamId,
 };
 
+pub use headers::ContentTypes;
 pub use processor::{OutboxProcessor, ProcessorConfig};
 pub use publisher::{PublishError, Publisher};
 pub use store::{Claimed, DeadLetter, MessageStatus, OutboxCounts, OutboxStore};
+pub use template::{Part, Placeholder, Template, TemplateError};
 
 /// One message to deliver to one destination.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -59,6 +67,8 @@ pub struct OutboxMessage {
     /// The codec of the body.
     pub codec: CodecTag,
     /// The event's metadata: correlation, causation, user, tenant, trace context.
+    /// Publishers send it, with the fields above, as the standard
+    /// [`headers`](OutboxMessage::headers).
     pub metadata: Metadata,
     /// When the event was recorded.
     pub created_at: DateTime<Utc>,
