@@ -251,6 +251,41 @@ pub enum Error {
         source: BoxError,
     },
 
+    /// A projection definition was refused (no name, a duplicate name, no partitions).
+    #[error("invalid projection {name:?}: {reason}")]
+    InvalidProjection {
+        /// The projection's name (cut to 64 characters).
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// No projection of that name has reported (nothing was changed).
+    #[error("no projection is named {name:?}")]
+    UnknownProjection {
+        /// The name asked for.
+        name: String,
+    },
+
+    /// A rebuild of the projection is already running or requested.
+    #[error("a rebuild of projection {name:?} is already running")]
+    RebuildInProgress {
+        /// The projection (or partition).
+        name: String,
+    },
+
+    /// An inline projection failed, so the append failed and wrote nothing.
+    #[error("inline projection {projection:?} failed for the append to {stream}: {source}")]
+    InlineProjection {
+        /// The projection.
+        projection: String,
+        /// The stream appended to.
+        stream: StreamId,
+        /// Its error.
+        #[source]
+        source: BoxError,
+    },
+
     /// A value could not be encoded.
     #[error("cannot encode {what}: {source}")]
     Encode {

@@ -53,6 +53,7 @@ pub mod event;
 pub mod memory;
 pub mod outbox;
 pub mod position;
+pub mod projection;
 #[cfg(feature = "protobuf")]
 pub mod protobuf;
 pub mod replay;

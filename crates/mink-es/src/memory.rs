@@ -51,6 +51,7 @@ struct Inner {
     notifier: FeedNotifier,
     limits: StoreLimits,
     outbox: Option<(Outbox, MemoryOutboxStore)>,
+    inline: Vec<std::sync::Arc<dyn crate::projection::InlineProjection>>,
     snapshots: Mutex<HashMap<StreamId, Snapshot>>,
     checkpoints: Mutex<HashMap<String, Position>>,
 }
@@ -232,6 +233,47 @@ struct State {
     ids: IdIndex,
 }
 
+/// Builds a [`MemoryStore`].
+#[derive(Default)]
+pub struct MemoryStoreBuilder {
+    limits: StoreLimits,
+    outbox: Option<Outbox>,
+    inline: Vec<std::sync::Arc<dyn crate::projection::InlineProjection>>,
+}
+
+impl MemoryStoreBuilder {
+    /// Sets the limits.
+    pub fn limits(mut self, limits: StoreLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Writes outbox messages with the events.
+    pub fn outbox(mut self, outbox: Outbox) -> Self {
+        self.outbox = Some(outbox);
+        self
+    }
+
+    /// Runs an inline projection under the store's lock on every append: if it fails,
+    /// the append fails and nothing is stored.
+    pub fn inline(mut self, projection: impl crate::projection::InlineProjection) -> Self {
+        self.inline.push(std::sync::Arc::new(projection));
+        self
+    }
+
+    /// The store.
+    pub fn build(self) -> MemoryStore {
+        MemoryStore {
+            inner: Arc::new(Inner {
+                limits: self.limits,
+                outbox: self.outbox.map(|o| (o, MemoryOutboxStore::new())),
+                inline: self.inline,
+                ..Inner::default()
+            }),
+        }
+    }
+}
+
 impl State {
     fn stream(&self, id: &StreamId) -> Option<&Stream> {
         self.stream_index
@@ -312,6 +354,11 @@ impl MemoryStore {
                 ..Inner::default()
             }),
         }
+    }
+
+    /// A builder for a store with limits, an outbox and inline projections.
+    pub fn builder() -> MemoryStoreBuilder {
+        MemoryStoreBuilder::default()
     }
 
     /// The outbox messages of a store made with [`MemoryStore::with_outbox`].
@@ -436,6 +483,20 @@ impl StreamWriter for MemoryStore {
                 },
                 None => Vec::new(),
             };
+            // Inline projections run last before anything is stored (nothing can fail
+            // after them): a failure leaves no trace.
+            for p in &self.inner.inline {
+                if let Err(source) = p.apply(&stored) {
+                    for undo in stored.iter().rev() {
+                        st.ids.remove(&undo.id);
+                    }
+                    return Err(Error::InlineProjection {
+                        projection: p.name().to_owned(),
+                        stream: stream.clone(),
+                        source,
+                    });
+                }
+            }
 
             let stream_no = match stream_no {
                 Some(n) => n,
