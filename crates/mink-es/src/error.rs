@@ -317,6 +317,12 @@ pub enum Error {
     #[error("the store is closed")]
     Closed,
 
+    /// A read-model operation was refused or failed: an unknown field, a type
+    /// mismatch, an invalid query, a missing or duplicate row, a version conflict (see
+    /// [`crate::readmodel::ReadModelError`]).
+    #[error(transparent)]
+    ReadModel(#[from] crate::readmodel::ReadModelError),
+
     /// The storage backend failed (I/O, connection, driver error).
     #[error("storage backend error: {source}")]
     Backend {
@@ -343,16 +349,25 @@ impl Error {
     }
 
     /// True when retrying the same operation may succeed: a concurrency conflict
-    /// (after reloading) or a transient backend failure.
+    /// (after reloading; also a read model's version conflict) or a transient backend
+    /// failure.
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
+        match self {
             Error::Conflict { .. }
-                | Error::Backend {
-                    transient: true,
-                    ..
-                }
-        )
+            | Error::Backend {
+                transient: true, ..
+            } => true,
+            Error::ReadModel(e) => e.is_version_conflict(),
+            _ => false,
+        }
+    }
+
+    /// The [`crate::readmodel::ReadModelError`] inside, for [`Error::ReadModel`].
+    pub fn read_model(&self) -> Option<&crate::readmodel::ReadModelError> {
+        match self {
+            Error::ReadModel(e) => Some(e),
+            _ => None,
+        }
     }
 }
 

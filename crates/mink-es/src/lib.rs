@@ -56,6 +56,7 @@ pub mod position;
 pub mod projection;
 #[cfg(feature = "protobuf")]
 pub mod protobuf;
+pub mod readmodel;
 pub mod replay;
 pub mod repository;
 pub mod schema;

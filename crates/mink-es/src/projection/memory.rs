@@ -10,8 +10,9 @@ use parking_lot::Mutex;
 
 use super::{
     Command, ParkedEvent, Projection, ProjectionControl, ProjectionError, ProjectionStatus,
-    ProjectionTarget, Request,
+    ProjectionTarget, ReadModelProjection, Request,
 };
+use crate::readmodel::{MemoryReadModelStore, Plan, ReadModelStore};
 use crate::{CheckpointStore, FeedFilter, Position, Result, StoredEvent};
 
 /// Runs a [`Projection`] with its checkpoint in a [`CheckpointStore`], saved after each
@@ -71,6 +72,60 @@ impl<P: Projection, C: CheckpointStore + 'static> ProjectionTarget for Checkpoin
             self.checkpoints
                 .save_checkpoint(self.projection.name(), to)
                 .await
+        })
+    }
+}
+
+/// A [`ReadModelProjection`] over a [`MemoryReadModelStore`], as a [`Projection`]: run it
+/// with [`Checkpointed`]. The checkpoint is saved after the effect, so after a crash a
+/// batch may be applied again; [`Projection::clear`] empties the projection's models.
+pub struct ReadModels<P> {
+    projection: P,
+    store: MemoryReadModelStore,
+}
+
+impl<P: ReadModelProjection> ReadModels<P> {
+    /// `projection` writing into `store`; ensures the tables of its models.
+    ///
+    /// # Errors
+    /// What [`ReadModelProjection::models`] or ensuring a table returns.
+    pub async fn new(projection: P, store: MemoryReadModelStore) -> Result<Self> {
+        for schema in projection.models()? {
+            store.ensure_table(&schema).await?;
+        }
+        Ok(ReadModels { projection, store })
+    }
+
+    /// The read models.
+    pub fn store(&self) -> &MemoryReadModelStore {
+        &self.store
+    }
+}
+
+impl<P: ReadModelProjection> Projection for ReadModels<P> {
+    fn name(&self) -> &str {
+        self.projection.name()
+    }
+
+    fn filter(&self) -> FeedFilter {
+        self.projection.filter()
+    }
+
+    fn apply<'a>(
+        &'a self,
+        events: &'a [StoredEvent],
+    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
+        self.projection.apply(&self.store, events)
+    }
+
+    fn clear(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            for schema in self.projection.models()? {
+                self.store
+                    .delete_where(&schema, &Plan::everything(&schema))
+                    .await?;
+            }
+            Ok(())
         })
     }
 }

@@ -29,6 +29,7 @@ use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
+use crate::readmodel::{ReadModelStore, Schema};
 use crate::{BoxError, FeedFilter, Position, Result, StoredEvent, StreamId};
 
 pub use engine::{AsyncOptions, EngineHandle, ProjectionEngine};
@@ -133,6 +134,77 @@ pub trait Projection: Send + Sync + 'static {
     fn clear(&self) -> BoxFuture<'_, Result<()>> {
         Box::pin(async { Ok(()) })
     }
+}
+
+/// A projection that keeps [read models](crate::readmodel): the same projection runs
+/// on every backend, and on SQL backends inside a database transaction.
+///
+/// `apply` receives the read models as a [`ReadModelStore`] bound to where the effect
+/// must go; open typed repositories on it with
+/// [`ReadModelRepository::new`](crate::readmodel::ReadModelRepository::new):
+///
+/// * async, on SQLite or PostgreSQL (`SqliteProjectionTarget`, `PgProjectionTarget`):
+///   a store bound to the transaction that also moves the checkpoint, so each event
+///   affects the read model exactly once, even across crashes; during a blue/green
+///   rebuild the same store writes the shadow tables;
+/// * inline, on SQLite or PostgreSQL: a store bound to the append's transaction. If
+///   `apply` fails, the append fails and nothing is written. On SQLite the future
+///   must complete without waiting on anything but the given store (it is polled
+///   once, on the writer's thread);
+/// * in memory ([`memory::ReadModels`]): a [`MemoryReadModelStore`](crate::readmodel::MemoryReadModelStore),
+///   with the checkpoint saved after the effect (so `apply` should be idempotent).
+///
+/// ```
+/// use futures::future::BoxFuture;
+/// use mink_es::projection::{ProjectionError, ReadModelProjection};
+/// use mink_es::readmodel::{Field, ReadModel, ReadModelRepository, ReadModelStore, Schema};
+/// use mink_es::{FeedFilter, StoredEvent};
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Serialize, Deserialize)]
+/// struct StreamCount { id: String, events: i64 }
+/// impl ReadModel for StreamCount {
+///     const NAME: &'static str = "stream_counts";
+///     const FIELDS: &'static [Field] = &[Field::text("id"), Field::integer("events")];
+/// }
+///
+/// struct Counts;
+/// impl ReadModelProjection for Counts {
+///     fn name(&self) -> &str { "stream_counts" }
+///     fn models(&self) -> mink_es::Result<Vec<Schema>> { Ok(vec![Schema::of::<StreamCount>()?]) }
+///     fn apply<'a>(&'a self, models: &'a dyn ReadModelStore, events: &'a [StoredEvent])
+///         -> BoxFuture<'a, Result<(), ProjectionError>> {
+///         Box::pin(async move {
+///             let counts = ReadModelRepository::<StreamCount, _>::new(models);
+///             for e in events {
+///                 let id = e.stream_id.as_str();
+///                 let n = counts.get(id).await?.map_or(0, |c| c.model.events);
+///                 counts.upsert(&StreamCount { id: id.to_owned(), events: n + 1 }).await?;
+///             }
+///             Ok(())
+///         })
+///     }
+/// }
+/// ```
+pub trait ReadModelProjection: Send + Sync + 'static {
+    /// The projection's unique name (its checkpoint's key).
+    fn name(&self) -> &str;
+
+    /// Which events it reads (default: all).
+    fn filter(&self) -> FeedFilter {
+        FeedFilter::all()
+    }
+
+    /// The read models it writes. Their tables are ensured before the first batch, and
+    /// emptied (or rebuilt beside the live ones, blue/green) by a rebuild.
+    fn models(&self) -> Result<Vec<Schema>>;
+
+    /// Applies events, in feed order, to `models`.
+    fn apply<'a>(
+        &'a self,
+        models: &'a dyn ReadModelStore,
+        events: &'a [StoredEvent],
+    ) -> BoxFuture<'a, Result<(), ProjectionError>>;
 }
 
 /// A projection run inside the append (memory store: under its lock). If it fails, the
