@@ -6,8 +6,10 @@
 //! [`CheckpointStore`](mink_es::CheckpointStore)) on one SQLite file, with the same
 //! semantics as [`mink_es::MemoryStore`] — and, in the same file, the command bus's
 //! stores: [`SqliteIdempotencyStore`] and [`SqliteAuditStore`] (see
-//! [Command stores](#command-stores)), and a transactional outbox,
-//! [`SqliteOutboxStore`] (see [Outbox](#outbox)).
+//! [Command stores](#command-stores)), a transactional outbox,
+//! [`SqliteOutboxStore`] (see [Outbox](#outbox)), and read models with exact
+//! projections: [`SqliteReadModelStore`], inline projections, [`SqliteProjectionTarget`]
+//! and [`SqliteControl`] (see [Read models and projections](#read-models-and-projections)).
 //!
 //! ```
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
@@ -162,6 +164,40 @@
 //! # });
 //! ```
 //!
+//! ## Read models and projections
+//!
+//! Read models live in the store's own file, one table `rm_<NAME>` per
+//! [`ReadModel`](mink_es::readmodel::ReadModel): a column per declared field (the id is
+//! the primary key; text compared by bytes), `mink_version` and `mink_doc` (the model
+//! as JSON). `mink_read_models` records the declaration each table was made for, so a
+//! changed declaration rebuilds the table from the stored documents.
+//!
+//! * [`SqliteStore::read_models`] gives a [`SqliteReadModelStore`]: the
+//!   [`ReadModelStore`](mink_es::readmodel::ReadModelStore) typed repositories run on,
+//!   with the same results as the in-memory store (writes on the writer connection,
+//!   queries on the read connections).
+//! * **Inline projections** ([`SqliteStoreBuilder::inline`]) run inside each append's
+//!   transaction, before it commits: the read model changes with the events or not at
+//!   all, and a failing projection fails the append with
+//!   [`mink_es::Error::InlineProjection`], writing nothing.
+//! * **Async projections** run in a [`ProjectionEngine`](mink_es::projection::ProjectionEngine)
+//!   over the store, with a [`SqliteProjectionTarget`]: each batch and its checkpoint
+//!   (in `mink_checkpoints`) commit in one transaction, so every event affects the
+//!   read model exactly once, even across `kill -9`. Rebuilds are blue/green: the
+//!   new model is built in shadow tables `rm_<NAME>__next` while readers see the old
+//!   one, then swapped in by one transaction (`mink_projection_rebuilds` records a
+//!   rebuild under way, so a crash mid-rebuild resumes into the shadow tables).
+//! * [`SqliteControl`] keeps statuses, operators' requests, parked events and leases in
+//!   `mink_projection_status`, `mink_projection_requests`, `mink_projection_parked` and
+//!   `mink_projection_leases`, so that
+//!   [`ProjectionOps`](mink_es::projection::ops::ProjectionOps) on any handle, in any
+//!   process, steers the workers running on another, and one process at a time runs
+//!   each projection.
+//!
+//! A projection's `apply` runs inside a write transaction, under the writer lock, and
+//! is polled once: it must only await the read-model store it is given (which never
+//! waits), and should be quick, as appends wait for it.
+//!
 //! ## Execution model
 //!
 //! Every call runs its SQL synchronously on the calling thread (there is no thread hop
@@ -178,6 +214,8 @@ mod command;
 mod config;
 mod error;
 mod outbox;
+mod projection;
+mod readmodel;
 mod row;
 mod schema;
 mod store;
@@ -186,5 +224,7 @@ pub use command::{SqliteAuditStore, SqliteIdempotencyStore};
 pub use config::{SqliteConfig, Synchronous};
 pub use error::SchemaTooNew;
 pub use outbox::SqliteOutboxStore;
+pub use projection::{SqliteControl, SqliteProjectionTarget};
+pub use readmodel::SqliteReadModelStore;
 pub use schema::{LATEST_SCHEMA_VERSION, Migration, migrations};
-pub use store::SqliteStore;
+pub use store::{SqliteStore, SqliteStoreBuilder};

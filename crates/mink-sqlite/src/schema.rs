@@ -151,6 +151,62 @@ const MIGRATIONS: &[Migration] = &[
             CREATE INDEX mink_outbox_id ON mink_outbox (id);
         ",
     },
+    Migration {
+        version: 5,
+        name: "read models and projections",
+        sql: "
+            CREATE TABLE mink_read_models (
+                table_name TEXT    PRIMARY KEY,
+                model      TEXT    NOT NULL,
+                descriptor TEXT    NOT NULL,
+                updated_at INTEGER NOT NULL
+            );
+            CREATE TABLE mink_projection_rebuilds (
+                name       TEXT    PRIMARY KEY,
+                target     TEXT    NOT NULL,
+                started_at INTEGER NOT NULL
+            );
+            CREATE TABLE mink_projection_status (
+                name       TEXT    PRIMARY KEY,
+                state      TEXT    NOT NULL,
+                status     TEXT    NOT NULL,
+                updated_at INTEGER NOT NULL
+            );
+            CREATE TABLE mink_projection_requests (
+                id           INTEGER PRIMARY KEY AUTOINCREMENT,
+                name         TEXT    NOT NULL,
+                command      TEXT    NOT NULL,
+                created_at   INTEGER NOT NULL,
+                done         INTEGER NOT NULL DEFAULT 0 CHECK (done IN (0, 1)),
+                error        TEXT,
+                completed_at INTEGER
+            );
+            CREATE INDEX mink_projection_requests_pending
+                ON mink_projection_requests (name, id) WHERE done = 0;
+            CREATE TABLE mink_projection_parked (
+                name           TEXT    NOT NULL,
+                pos_major      INTEGER NOT NULL,
+                pos_minor      INTEGER NOT NULL,
+                event_id       BLOB    NOT NULL,
+                stream_id      TEXT    NOT NULL,
+                version        INTEGER NOT NULL,
+                event_type     TEXT    NOT NULL,
+                schema_version INTEGER NOT NULL,
+                codec          TEXT    NOT NULL,
+                payload                NOT NULL,
+                metadata       TEXT,
+                recorded_at    INTEGER NOT NULL,
+                error          TEXT    NOT NULL,
+                parked_at      INTEGER NOT NULL,
+                PRIMARY KEY (name, pos_major, pos_minor)
+            );
+            CREATE TABLE mink_projection_leases (
+                name       TEXT    PRIMARY KEY,
+                owner      TEXT    NOT NULL,
+                expires_at INTEGER NOT NULL
+            );
+        ",
+    },
 ];
 
 /// The schema version a freshly opened store is at: the version of the last migration.

@@ -6,18 +6,20 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use mink_es::outbox::Outbox;
+use mink_es::projection::ReadModelProjection;
 use mink_es::store::{FeedNotifier, check_idempotent_repeat, validate_append};
 use mink_es::{
     AppendResult, CheckpointStore, Error, ExpectedVersion, FeedFilter, FeedPage, FeedReader,
     FeedSignal, NewEvent, Position, Result, Snapshot, SnapshotStore, StoredEvent, StreamId,
     StreamInfo, StreamReader, StreamWriter, now_micros,
 };
-use parking_lot::Mutex;
+use parking_lot::{Mutex, ReentrantMutex, ReentrantMutexGuard};
 use rusqlite::types::{ToSqlOutput, Value, ValueRef};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use crate::config::SqliteConfig;
 use crate::error::{backend_msg, is_constraint_violation, map_err};
+use crate::projection::Inline;
 use crate::row::{Decoder, EVENT_COLUMNS, micros_to_time};
 use crate::schema;
 
@@ -67,7 +69,12 @@ struct Inner {
     /// connection that can write may do.
     readers: Vec<Mutex<Connection>>,
     /// The one connection that writes. Locked only inside synchronous code.
-    writer: Mutex<Connection>,
+    ///
+    /// Reentrant so that code running inside a write transaction on the locking thread
+    /// (the transaction-bound read-model store an inline or async projection gets, see
+    /// [`crate::readmodel`]) can use the connection again; any other thread waits, as
+    /// before, until the transaction is over.
+    writer: ReentrantMutex<Connection>,
     next_reader: AtomicUsize,
     notifier: FeedNotifier,
     /// The routes appends write outbox messages for (see [`SqliteStore::open_with_outbox`]).
@@ -75,6 +82,9 @@ struct Inner {
     /// Fires after appends that wrote outbox messages and after acknowledgements and
     /// failures (see [`crate::SqliteOutboxStore`]).
     outbox_notifier: FeedNotifier,
+    /// The projections every append runs in its transaction (see
+    /// [`SqliteStoreBuilder::inline`]).
+    inline: Vec<Inline>,
 }
 
 impl fmt::Debug for SqliteStore {
@@ -84,7 +94,120 @@ impl fmt::Debug for SqliteStore {
             .field("schema_version", &self.inner.schema_version)
             .field("config", &self.inner.config)
             .field("outbox", &self.inner.outbox)
+            .field("inline", &self.inline_projections())
             .finish_non_exhaustive()
+    }
+}
+
+/// Opens a [`SqliteStore`] with a configuration, an outbox and inline projections, in
+/// any combination. Made by [`SqliteStore::builder`].
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use futures::future::BoxFuture;
+/// use mink_es::projection::{ProjectionError, ReadModelProjection};
+/// use mink_es::readmodel::{Field, ReadModel, ReadModelRepository, ReadModelStore, Schema};
+/// use mink_es::{ExpectedVersion, NewEvent, StoredEvent, StreamId, StreamWriter};
+/// use mink_sqlite::SqliteStore;
+///
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// struct Order { id: String, status: String }
+/// impl ReadModel for Order {
+///     const NAME: &'static str = "orders";
+///     const FIELDS: &'static [Field] = &[Field::text("id"), Field::text("status")];
+/// }
+///
+/// /// Keeps `orders` in the append's transaction; refuses unknown event types.
+/// struct Orders;
+/// impl ReadModelProjection for Orders {
+///     fn name(&self) -> &str { "orders" }
+///     fn models(&self) -> mink_es::Result<Vec<Schema>> { Ok(vec![Schema::of::<Order>()?]) }
+///     fn apply<'a>(&'a self, models: &'a dyn ReadModelStore, events: &'a [StoredEvent])
+///         -> BoxFuture<'a, Result<(), ProjectionError>> {
+///         Box::pin(async move {
+///             let orders = ReadModelRepository::<Order, _>::new(models);
+///             for e in events {
+///                 let status = match e.event_type.as_str() {
+///                     "OrderPlaced" => "placed",
+///                     "OrderShipped" => "shipped",
+///                     other => return Err(ProjectionError::poison(format!("unknown event {other}"))),
+///                 };
+///                 let id = e.stream_id.as_str().to_owned();
+///                 orders.upsert(&Order { id, status: status.into() }).await?;
+///             }
+///             Ok(())
+///         })
+///     }
+/// }
+///
+/// let dir = tempfile::tempdir().unwrap();
+/// let store = SqliteStore::builder(dir.path().join("app.db")).inline(Orders)?.open()?;
+/// let orders = ReadModelRepository::<Order, _>::new(store.read_models());
+/// orders.ensure_table().await?;
+/// let id = StreamId::new("Order-1")?;
+/// store.append(&id, ExpectedVersion::NoStream, vec![NewEvent::new("OrderPlaced", "{}")]).await?;
+/// assert_eq!(orders.get("Order-1").await?.map(|o| o.model.status), Some("placed".to_owned()));
+///
+/// // The projection refuses the event: the append fails and writes nothing.
+/// let err = store.append(&id, ExpectedVersion::Exact(1), vec![NewEvent::new("Oops", "{}")]).await;
+/// assert!(matches!(err, Err(mink_es::Error::InlineProjection { .. })));
+/// # Ok::<(), mink_es::Error>(())
+/// # });
+/// ```
+#[must_use = "a builder does nothing until opened"]
+#[derive(Debug)]
+pub struct SqliteStoreBuilder {
+    path: PathBuf,
+    config: SqliteConfig,
+    outbox: Option<Outbox>,
+    inline: Vec<Inline>,
+}
+
+impl SqliteStoreBuilder {
+    /// Sets the configuration (default [`SqliteConfig::default`]).
+    pub fn config(mut self, config: SqliteConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Writes outbox messages with the events, as [`SqliteStore::open_with_outbox`]
+    /// does.
+    pub fn outbox(mut self, outbox: Outbox) -> Self {
+        self.outbox = Some(outbox);
+        self
+    }
+
+    /// Runs `projection` inside every append's transaction, before it commits, on the
+    /// appended events its [`filter`](ReadModelProjection::filter) accepts (it is not
+    /// called when there are none). It gets a read-model store bound to the append's
+    /// transaction, writing the live tables of its models (ensured when the store
+    /// opens). If it fails, the append fails with [`Error::InlineProjection`] (naming
+    /// the projection, with its error as the source) and writes nothing: no event, no
+    /// outbox message, no read-model change. Projections run in registration order,
+    /// after the outbox messages are made. Idempotent repeats of an append run none.
+    ///
+    /// `apply` runs under the writer lock and is polled once: it must complete without
+    /// waiting on anything but the read-model store it is given (a future that stays
+    /// pending fails the append).
+    ///
+    /// # Errors
+    /// [`Error::InvalidProjection`] for an empty (or blank) name, a name with control
+    /// characters, a name another inline projection of this builder has, or a model
+    /// declared twice with two declarations; what
+    /// [`ReadModelProjection::models`] returns.
+    pub fn inline(mut self, projection: impl ReadModelProjection) -> Result<Self> {
+        let entry = Inline::new(projection, &self.inline)?;
+        self.inline.push(entry);
+        Ok(self)
+    }
+
+    /// Opens (creating it if needed) the store, as [`SqliteStore::open_with`] does, and
+    /// ensures the tables of the inline projections' models.
+    ///
+    /// # Errors
+    /// As [`SqliteStore::open_with`]; an error ensuring a table.
+    pub fn open(self) -> Result<SqliteStore> {
+        SqliteStore::open_inner(&self.path, self.config, self.outbox, self.inline)
     }
 }
 
@@ -109,7 +232,7 @@ impl SqliteStore {
     /// [`crate::SchemaTooNew`]); [`Error::InvalidArgument`] when `path` is not a file
     /// that can use WAL mode (such as `":memory:"`).
     pub fn open_with(path: impl AsRef<Path>, config: SqliteConfig) -> Result<Self> {
-        SqliteStore::open_inner(path.as_ref(), config, None)
+        SqliteStore::open_inner(path.as_ref(), config, None, Vec::new())
     }
 
     /// Opens (creating it if needed) the store in the file at `path`, like
@@ -151,10 +274,41 @@ impl SqliteStore {
         config: SqliteConfig,
         outbox: Outbox,
     ) -> Result<Self> {
-        SqliteStore::open_inner(path.as_ref(), config, Some(outbox))
+        SqliteStore::open_inner(path.as_ref(), config, Some(outbox), Vec::new())
     }
 
-    fn open_inner(path: &Path, config: SqliteConfig, outbox: Option<Outbox>) -> Result<Self> {
+    /// A builder for a store with any of: a configuration, an outbox, inline
+    /// projections.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use mink_es::outbox::{Outbox, Route};
+    /// use mink_sqlite::{SqliteConfig, SqliteStore};
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let store = SqliteStore::builder(dir.path().join("app.db"))
+    ///     .config(SqliteConfig::default().read_connections(2))
+    ///     .outbox(Outbox::new().route(Route::all("audit"))?)
+    ///     .open()?;
+    /// assert!(store.outbox().is_some());
+    /// # Ok::<(), mink_es::Error>(())
+    /// # });
+    /// ```
+    pub fn builder(path: impl AsRef<Path>) -> SqliteStoreBuilder {
+        SqliteStoreBuilder {
+            path: path.as_ref().to_path_buf(),
+            config: SqliteConfig::default(),
+            outbox: None,
+            inline: Vec::new(),
+        }
+    }
+
+    fn open_inner(
+        path: &Path,
+        config: SqliteConfig,
+        outbox: Option<Outbox>,
+        inline: Vec<Inline>,
+    ) -> Result<Self> {
         let path = path.to_path_buf();
         let writer = Connection::open_with_flags(
             &path,
@@ -178,6 +332,7 @@ impl SqliteStore {
             .pragma_update(None, "synchronous", config.synchronous.pragma_value())
             .map_err(map_err)?;
         let schema_version = schema::migrate(&writer, schema::migrations())?;
+        crate::projection::ensure_inline(&writer, &inline)?;
 
         let mut readers = Vec::with_capacity(config.read_connections);
         for _ in 0..config.read_connections {
@@ -195,12 +350,13 @@ impl SqliteStore {
                 path,
                 config,
                 schema_version,
-                writer: Mutex::new(writer),
+                writer: ReentrantMutex::new(writer),
                 readers,
                 next_reader: AtomicUsize::new(0),
                 notifier: FeedNotifier::new(),
                 outbox,
                 outbox_notifier: FeedNotifier::new(),
+                inline,
             }),
         })
     }
@@ -219,6 +375,12 @@ impl SqliteStore {
     /// [`SqliteStore::open_with_outbox`].
     pub fn outbox(&self) -> Option<&Outbox> {
         self.inner.outbox.as_ref()
+    }
+
+    /// The names of the inline projections appends run (see
+    /// [`SqliteStoreBuilder::inline`]), in registration order.
+    pub fn inline_projections(&self) -> Vec<&str> {
+        self.inner.inline.iter().map(Inline::name).collect()
     }
 
     /// The schema version of the file, after the migrations applied when it was opened
@@ -248,8 +410,14 @@ impl SqliteStore {
     }
 
     /// The writer connection, locked. Hold the guard only inside synchronous code.
-    pub(crate) fn writer(&self) -> parking_lot::MutexGuard<'_, Connection> {
+    pub(crate) fn writer(&self) -> ReentrantMutexGuard<'_, Connection> {
         self.inner.writer.lock()
+    }
+
+    /// The writer connection's lock itself (for the transaction-bound read-model store,
+    /// which locks it again, reentrantly, on the thread that holds the transaction).
+    pub(crate) fn writer_lock(&self) -> &ReentrantMutex<Connection> {
+        &self.inner.writer
     }
 
     /// The notifier of this handle's outbox signal.
@@ -297,6 +465,8 @@ impl SqliteStore {
             .outbox
             .as_ref()
             .filter(|o| !o.routes().is_empty());
+
+        let inline = &self.inner.inline;
 
         let (current, positions, outboxed) = {
             let conn = self.inner.writer.lock();
@@ -384,18 +554,22 @@ impl SqliteStore {
                     positions.push(position);
                 }
             }
-            // With an outbox, the messages are made from the stored events and written
-            // before the commit: a failing route rolls the whole append back.
-            let outboxed = match outbox {
-                None => None,
-                Some(outbox) => {
-                    let stored = stored_events(
-                        stream,
-                        current,
-                        recorded_at,
-                        std::mem::take(&mut events),
-                        std::mem::take(&mut positions),
-                    );
+            // With an outbox or inline projections, the stored form of the events is
+            // made before the commit: the outbox messages are made from it and written,
+            // then the inline projections apply it; a failure of either rolls the whole
+            // append back.
+            let outboxed = if outbox.is_none() && inline.is_empty() {
+                None
+            } else {
+                let stored = stored_events(
+                    stream,
+                    current,
+                    recorded_at,
+                    std::mem::take(&mut events),
+                    std::mem::take(&mut positions),
+                );
+                let mut wrote_messages = false;
+                if let Some(outbox) = outbox {
                     let messages = outbox.messages_for(&stored)?;
                     crate::outbox::insert_messages(
                         &conn,
@@ -404,8 +578,10 @@ impl SqliteStore {
                         &metadata,
                         recorded_micros,
                     )?;
-                    Some((stored, !messages.is_empty()))
+                    wrote_messages = !messages.is_empty();
                 }
+                crate::projection::run_inline(&self.inner.writer, inline, stream, &stored)?;
+                Some((stored, wrote_messages))
             };
             tx.commit()?;
             (current, positions, outboxed)

@@ -619,6 +619,9 @@ async fn a_file_from_before_the_command_stores_is_upgraded_in_place() {
     raw(&path)
         .execute_batch(
             "DROP TABLE mink_idempotency; DROP TABLE mink_audit; DROP TABLE mink_outbox; \
+             DROP TABLE mink_read_models; DROP TABLE mink_projection_rebuilds; \
+             DROP TABLE mink_projection_status; DROP TABLE mink_projection_requests; \
+             DROP TABLE mink_projection_parked; DROP TABLE mink_projection_leases; \
              DELETE FROM mink_migrations WHERE version >= 3;",
         )
         .unwrap();

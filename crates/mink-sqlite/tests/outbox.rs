@@ -536,8 +536,14 @@ async fn a_file_from_before_the_outbox_is_upgraded_in_place() {
             .unwrap();
     }
     let raw = rusqlite::Connection::open(&path).unwrap();
-    raw.execute_batch("DROP TABLE mink_outbox; DELETE FROM mink_migrations WHERE version = 4;")
-        .unwrap();
+    // Without the outbox, nor the tables of the later migrations.
+    raw.execute_batch(
+        "DROP TABLE mink_outbox; DROP TABLE mink_read_models; \
+         DROP TABLE mink_projection_rebuilds; DROP TABLE mink_projection_status; \
+         DROP TABLE mink_projection_requests; DROP TABLE mink_projection_parked; \
+         DROP TABLE mink_projection_leases; DELETE FROM mink_migrations WHERE version >= 4;",
+    )
+    .unwrap();
     drop(raw);
     let store = with_outbox(&path, Outbox::new().route(Route::all("out")).unwrap());
     assert_eq!(store.schema_version(), mink_sqlite::LATEST_SCHEMA_VERSION);
