@@ -436,6 +436,18 @@ async fn pause_resume_reset_and_rebuild_act_on_a_running_worker() {
         .map(|e| e.id)
         .collect();
     assert_eq!(ids, feed, "the rebuilt model is the feed, in order");
+
+    // An idle worker's status shows where it stopped: no stale lag.
+    let mut caught_up = false;
+    for _ in 0..100 {
+        let info = ops.list().await.unwrap();
+        if info[0].lag_events == 0 && info[0].status.state == RunState::Running {
+            caught_up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(caught_up, "{:?}", ops.list().await.unwrap());
     handle.shutdown().await;
 }
 

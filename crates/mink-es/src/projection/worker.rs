@@ -41,6 +41,8 @@ struct Worker<S> {
     filter: FeedFilter,
     status: ProjectionStatus,
     last_report: Instant,
+    /// The checkpoint in the last status reported.
+    reported_checkpoint: Option<Position>,
     last_renewal: Instant,
     paused: bool,
     faulted: bool,
@@ -76,6 +78,7 @@ pub(crate) async fn run<S: FeedReader + Clone + 'static>(
         filter,
         status,
         last_report: Instant::now(),
+        reported_checkpoint: None,
         last_renewal: Instant::now(),
         paused: false,
         faulted: false,
@@ -110,6 +113,7 @@ impl<S: FeedReader + Clone + 'static> Worker<S> {
             tracing::warn!(projection = %self.cfg.name, error = %e, "cannot report projection status");
         }
         self.last_report = Instant::now();
+        self.reported_checkpoint = self.status.checkpoint;
     }
 
     async fn set_state(&mut self, state: RunState) {
@@ -308,6 +312,11 @@ impl<S: FeedReader + Clone + 'static> Worker<S> {
                     tracing::info!(projection = %self.cfg.name, "rebuild finished");
                 }
                 self.set_state(RunState::Running).await;
+                // Reports are throttled while applying; an idle worker's status must
+                // show where it stopped, or operators would see a stale lag.
+                if self.reported_checkpoint != self.status.checkpoint {
+                    self.report(true).await;
+                }
                 if !self.wait(&mut signal).await {
                     return Exit::Cancelled;
                 }
