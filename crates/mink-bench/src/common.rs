@@ -87,6 +87,14 @@ pub struct Sizes {
     /// W3D: how many times each implementation loads and decodes its whole stream
     /// (of `w3_stream_len` events).
     pub w3d_loads: u64,
+    /// OUTBOX: messages delivered in the timed part (the outbox holds a warm-up more).
+    pub outbox_messages: u64,
+    /// OUTBOX: streams the events are spread over (round by round).
+    pub outbox_streams: usize,
+    /// OUTBOX: messages claimed per round (`ProcessorConfig::batch_size`).
+    pub outbox_batch: usize,
+    /// OUTBOX: concurrent processors.
+    pub outbox_workers: usize,
 }
 
 /// The measured time of one implementation on one workload.

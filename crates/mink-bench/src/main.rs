@@ -30,6 +30,18 @@
 //!   JSON stream stored at schema version 1 and read through a one-step upcaster to
 //!   version 2, `json-upcast-typed` (`Upcaster::to_event`) and `json-upcast-value`
 //!   (`Upcaster::value`). The time spent decoding alone goes to stderr.
+//! - **OUTBOX** (`src/outbox.rs`): messages/s of `OutboxProcessor`s draining a
+//!   pre-filled outbox of 50,000 messages (1,000 streams x 50 events, appended round by
+//!   round, untimed) to Kafka (`impl=kafka`: `KafkaPublisher` to `MINK_KAFKA_BROKERS`,
+//!   a fresh 8-partition topic) and to a local webhook receiver (`impl=webhook`:
+//!   `WebhookPublisher` to axum on 127.0.0.1, which verifies each signature and
+//!   answers 204), on PostgreSQL and SQLite, timed from the start to the last
+//!   acknowledgement. Three processors run `run_once` in a loop, claiming 250 messages
+//!   per round (`--outbox-workers`, `--outbox-batch`). On PostgreSQL `impl=raw-kafka`
+//!   is a hand-written relay (plain SQL and rdkafka, the same batch) as the baseline
+//!   of `kafka`. It runs in `all` only when `MINK_KAFKA_BROKERS` is set (without it,
+//!   `--workload OUTBOX` gives the webhook lines), and not on the memory backend; the
+//!   time a round spends claiming, publishing and acknowledging goes to stderr.
 //!
 //! Every workload prints one line per implementation on stdout, and nothing else goes
 //! to stdout:
@@ -39,6 +51,7 @@
 //! workload=W1 backend=sqlite impl=mink events_per_s=12345 ratio_to_raw=0.95
 //! workload=BUS backend=sqlite impl=mink commands_per_s=19000 ratio_to_raw=0.97
 //! workload=W3D backend=sqlite impl=json-upcast-typed events_per_s=830000 ratio_to_plain=0.76
+//! workload=OUTBOX backend=postgres impl=kafka events_per_s=21000 ratio_to_raw=0.60
 //! ```
 //!
 //! Raw lines carry no ratio; W1-W4 on the memory backend have no raw baseline. BUS
@@ -62,6 +75,7 @@ mod bus;
 mod common;
 mod decode;
 mod memory;
+mod outbox;
 mod postgres;
 mod sqlite;
 mod workloads;
@@ -108,7 +122,10 @@ enum WorkloadArg {
     /// Loading one long stream and decoding every event, per codec and upcaster.
     #[value(name = "W3D")]
     W3D,
-    /// All of them.
+    /// Draining a pre-filled outbox to Kafka and to a webhook receiver.
+    #[value(name = "OUTBOX")]
+    Outbox,
+    /// All of them (OUTBOX only when `MINK_KAFKA_BROKERS` is set).
     #[value(name = "all")]
     All,
 }
@@ -128,16 +145,19 @@ pub enum Workload {
     Bus,
     /// Loading and decoding one long stream.
     W3D,
+    /// Draining a pre-filled outbox through the outbox processor.
+    Outbox,
 }
 
 impl Workload {
-    const ALL: [Workload; 6] = [
+    const ALL: [Workload; 7] = [
         Workload::W1,
         Workload::W2,
         Workload::W3,
         Workload::W4,
         Workload::Bus,
         Workload::W3D,
+        Workload::Outbox,
     ];
 
     fn name(self) -> &'static str {
@@ -148,6 +168,7 @@ impl Workload {
             Workload::W4 => "W4",
             Workload::Bus => "BUS",
             Workload::W3D => "W3D",
+            Workload::Outbox => "OUTBOX",
         }
     }
 
@@ -160,8 +181,8 @@ impl Workload {
     }
 }
 
-/// mink's throughput on workloads W1-W4, BUS and W3D, with the baselines measured in the
-/// same run.
+/// mink's throughput on workloads W1-W4, BUS, W3D and OUTBOX, with the baselines
+/// measured in the same run.
 #[derive(Parser, Debug)]
 #[command(name = "mink-bench", version, about, long_about = None)]
 struct Cli {
@@ -223,6 +244,23 @@ struct Cli {
     /// [default: 50; memory 100; quick 3].
     #[arg(long, value_name = "N")]
     w3d_loads: Option<u64>,
+
+    /// OUTBOX: messages delivered in the timed part [default: 50,000; quick 2,000].
+    #[arg(long, value_name = "N")]
+    outbox_messages: Option<u64>,
+
+    /// OUTBOX: streams the events are spread over [default: 1,000].
+    #[arg(long, value_name = "N")]
+    outbox_streams: Option<usize>,
+
+    /// OUTBOX: messages claimed per round (`ProcessorConfig::batch_size`; also the raw
+    /// relay's batch) [default: 250].
+    #[arg(long, value_name = "N")]
+    outbox_batch: Option<usize>,
+
+    /// OUTBOX: concurrent processors [default: 3].
+    #[arg(long, value_name = "N")]
+    outbox_workers: Option<usize>,
 }
 
 impl Cli {
@@ -249,6 +287,10 @@ impl Cli {
                 },
                 bus_accounts: 1000,
                 w3d_loads: 50,
+                outbox_messages: 50_000,
+                outbox_streams: 1000,
+                outbox_batch: 250,
+                outbox_workers: 3,
             },
             // The memory store is 100x faster: the SQLite sizes would time a few
             // milliseconds, too little for a stable figure.
@@ -267,6 +309,10 @@ impl Cli {
                 bus_commands: 200_000,
                 bus_accounts: 10_000,
                 w3d_loads: 100,
+                outbox_messages: 50_000,
+                outbox_streams: 1000,
+                outbox_batch: 250,
+                outbox_workers: 3,
             },
             (true, _) => Sizes {
                 streams: 1000,
@@ -285,6 +331,10 @@ impl Cli {
                 },
                 bus_accounts: 100,
                 w3d_loads: 3,
+                outbox_messages: 2_000,
+                outbox_streams: 1000,
+                outbox_batch: 250,
+                outbox_workers: 3,
             },
         };
         s.streams = self.streams.unwrap_or(s.streams).max(1);
@@ -299,6 +349,10 @@ impl Cli {
         s.bus_commands = self.bus_commands.unwrap_or(s.bus_commands);
         s.bus_accounts = self.bus_accounts.unwrap_or(s.bus_accounts).max(1);
         s.w3d_loads = self.w3d_loads.unwrap_or(s.w3d_loads);
+        s.outbox_messages = self.outbox_messages.unwrap_or(s.outbox_messages);
+        s.outbox_streams = self.outbox_streams.unwrap_or(s.outbox_streams).max(1);
+        s.outbox_batch = self.outbox_batch.unwrap_or(s.outbox_batch).max(1);
+        s.outbox_workers = self.outbox_workers.unwrap_or(s.outbox_workers).max(1);
         s
     }
 }
@@ -402,13 +456,24 @@ fn run(cli: &Cli) -> Result<()> {
         one => vec![one],
     };
     let workloads: Vec<Workload> = match cli.workload {
-        WorkloadArg::All => Workload::ALL.to_vec(),
+        WorkloadArg::All if outbox::brokers().is_some() => Workload::ALL.to_vec(),
+        WorkloadArg::All => {
+            eprintln!(
+                "mink-bench: MINK_KAFKA_BROKERS is not set; skipping the OUTBOX workload \
+                 (run it with --workload OUTBOX for its webhook lines)"
+            );
+            Workload::ALL
+                .into_iter()
+                .filter(|&w| w != Workload::Outbox)
+                .collect()
+        }
         WorkloadArg::W1 => vec![Workload::W1],
         WorkloadArg::W2 => vec![Workload::W2],
         WorkloadArg::W3 => vec![Workload::W3],
         WorkloadArg::W4 => vec![Workload::W4],
         WorkloadArg::Bus => vec![Workload::Bus],
         WorkloadArg::W3D => vec![Workload::W3D],
+        WorkloadArg::Outbox => vec![Workload::Outbox],
     };
     let payload = common::payload()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -424,6 +489,10 @@ fn run(cli: &Cli) -> Result<()> {
         // gets a fresh database file in it. It is removed at the end.
         let dir = tempfile::Builder::new().prefix("mink-bench-").tempdir()?;
         for &workload in &workloads {
+            if workload == Workload::Outbox && backend == Backend::Memory {
+                eprintln!("mink-bench: OUTBOX runs on sqlite and postgres; skipping it on memory");
+                continue;
+            }
             let start = Instant::now();
             let lines = rt.block_on(async {
                 match backend {

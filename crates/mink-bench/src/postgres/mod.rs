@@ -24,6 +24,7 @@
 //! log in its store's schema (`PgEventStore::idempotency_store`, `audit_store`); W3D
 //! gives each codec and upcaster its own stream in one fresh schema.
 
+mod outbox;
 mod raw;
 
 use std::sync::Arc;
@@ -61,13 +62,17 @@ pub fn url() -> Result<String> {
 /// Prints the server's version and durability settings to stderr.
 pub async fn describe_server(url: &str) -> Result<()> {
     let pool = PgPoolOptions::new().max_connections(1).connect(url).await?;
-    let (version, fsync, sync_commit): (String, String, String) = sqlx::query_as(
-        "SELECT current_setting('server_version'), current_setting('fsync'), \
-         current_setting('synchronous_commit')",
-    )
-    .fetch_one(&pool)
-    .await?;
-    eprintln!("mink-bench: PostgreSQL {version}, fsync={fsync}, synchronous_commit={sync_commit}");
+    let (version, fsync, sync_commit, autovacuum): (String, String, String, String) =
+        sqlx::query_as(
+            "SELECT current_setting('server_version'), current_setting('fsync'), \
+             current_setting('synchronous_commit'), current_setting('autovacuum')",
+        )
+        .fetch_one(&pool)
+        .await?;
+    eprintln!(
+        "mink-bench: PostgreSQL {version}, fsync={fsync}, synchronous_commit={sync_commit}, \
+         autovacuum={autovacuum}"
+    );
     pool.close().await;
     Ok(())
 }
@@ -111,6 +116,7 @@ pub async fn run(workload: Workload, sizes: &Sizes, payload: &Bytes) -> Result<V
         Workload::W4 => sizes.w4_events_per_task,
         Workload::Bus => return run_bus(sizes, &url).await,
         Workload::W3D => return run_w3d(sizes, payload, &url).await,
+        Workload::Outbox => return outbox::run(sizes, payload, &url).await,
     };
     let tag = format!("{}_{}", workload.name().to_lowercase(), std::process::id());
     let raw_schema = format!("mink_bench_raw_{tag}");
@@ -344,7 +350,7 @@ async fn measure(
             raw.verify((warm + units) * sizes.w4_tasks as u64).await?;
             mink.verify((warm + units) * sizes.w4_tasks as u64).await?;
         }
-        Workload::Bus | Workload::W3D => {
+        Workload::Bus | Workload::W3D | Workload::Outbox => {
             return Err(anyhow!("workload {} does not run here", workload.name()));
         }
     }

@@ -23,6 +23,7 @@
 //! audit log in the same file (`SqliteStore::idempotency_store`,
 //! `SqliteStore::audit_store`).
 
+mod outbox;
 mod raw;
 
 use std::path::Path;
@@ -67,6 +68,7 @@ pub async fn run(
         Workload::W4 => sizes.w4_events_per_task,
         Workload::Bus => return run_bus(sizes, dir).await,
         Workload::W3D => return run_w3d(sizes, payload, dir).await,
+        Workload::Outbox => return outbox::run(sizes, payload, dir).await,
     };
     let halves = split(units, 2);
     let mut raw_m = Measurement::default();
@@ -168,7 +170,7 @@ async fn run_raw(
             w.verify((warm + units) * sizes.w4_tasks as u64)?;
             Ok(measured)
         }
-        Workload::Bus | Workload::W3D => Err(not_a_store_workload(workload)),
+        Workload::Bus | Workload::W3D | Workload::Outbox => Err(not_a_store_workload(workload)),
     }
 }
 
@@ -203,7 +205,7 @@ async fn run_mink(
             w.verify((warm + units) * sizes.w4_tasks as u64).await?;
             Ok(measured)
         }
-        Workload::Bus | Workload::W3D => Err(not_a_store_workload(workload)),
+        Workload::Bus | Workload::W3D | Workload::Outbox => Err(not_a_store_workload(workload)),
     }
 }
 
