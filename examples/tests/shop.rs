@@ -571,3 +571,91 @@ async fn the_receiver_refuses_what_it_cannot_verify() {
     drop((publisher, genuine));
     receiver.stop().await.unwrap();
 }
+
+/// The read models of the `shop` binary: order summaries kept inline and stock levels
+/// kept by an async projection agree with what the story computed from the aggregates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_read_models_agree_with_the_story() {
+    use mink_es::projection::ops::ProjectionOps;
+    use mink_es::projection::{AsyncOptions, ProjectionEngine};
+    use mink_es::readmodel::{Query, ReadModelRepository};
+    use mink_examples::shop::views::{self, OrderSummaries, StockLevels};
+    use mink_sqlite::SqliteProjectionTarget;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::builder(dir.path().join("shop.db"))
+        .outbox(webhooks::outbox().unwrap())
+        .inline(OrderSummaries)
+        .unwrap()
+        .open()
+        .unwrap();
+    let control = store.projection_control();
+    let mut engine = ProjectionEngine::new(store.clone(), Arc::new(control.clone()));
+    engine
+        .add(
+            SqliteProjectionTarget::new(&store, StockLevels),
+            AsyncOptions {
+                poll_interval: std::time::Duration::from_millis(10),
+                ..AsyncOptions::default()
+            },
+        )
+        .unwrap();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let handle = engine.start(cancel.clone());
+    let mut narrator = Narrator::quiet();
+    let report = shop::run(
+        store.clone(),
+        CommandStores::sqlite(&store),
+        Arc::new(store.outbox_store()),
+        &mut narrator,
+    )
+    .await
+    .unwrap();
+    check(&report);
+
+    let orders = ReadModelRepository::<views::OrderSummary, _>::new(store.read_models());
+    orders.ensure_table().await.unwrap();
+    let rows = orders.find(&Query::new()).await.unwrap();
+    assert_eq!(rows.len(), report.orders.len());
+    for (id, o) in &report.orders {
+        let row = orders
+            .get(format!("Order-{}", id.trim_start_matches("Order-")))
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("no summary for order {id}"))
+            .model;
+        assert_eq!(row.customer, o.customer, "{id}");
+        assert_eq!(row.total_cents, o.total_cents as i64, "{id}");
+        assert_eq!(row.status, format!("{:?}", o.status).to_lowercase(), "{id}");
+    }
+
+    let ops = ProjectionOps::new(store.clone(), Arc::new(control));
+    let mut caught_up = false;
+    for _ in 0..500 {
+        let info = ops.list().await.unwrap();
+        if info.len() == 1 && info[0].lag_events == 0 && info[0].status.checkpoint.is_some() {
+            caught_up = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(caught_up, "{:?}", ops.list().await.unwrap());
+    let stock = ReadModelRepository::<views::StockLevel, _>::new(store.read_models());
+    stock.ensure_table().await.unwrap();
+    assert_eq!(
+        stock.count(&Query::new()).await.unwrap() as usize,
+        report.stock.len()
+    );
+    for (sku, s) in &report.stock {
+        let row = stock
+            .get(format!("Inventory-{sku}"))
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("no stock level for {sku}"))
+            .model;
+        assert_eq!(row.available, i64::from(s.available), "{sku}");
+        assert_eq!(row.reserved, i64::from(s.reserved), "{sku}");
+    }
+    cancel.cancel();
+    handle.shutdown().await;
+}

@@ -13,13 +13,25 @@
 //! The store is opened with an outbox: the shop's events reach a webhook receiver that
 //! the binary runs on `127.0.0.1` (on a port the system picks), through an outbox
 //! processor in the background. Nothing leaves the machine.
+//!
+//! Two read models are kept beside the events (see `examples/src/shop/views.rs`): order
+//! summaries, inline in each append's transaction, and stock levels, by an async
+//! projection worker that runs in the background and moves its checkpoint in the
+//! transaction of its read-model changes. The story ends by querying both.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use anyhow::Context;
+use mink_es::projection::ops::ProjectionOps;
+use mink_es::projection::{AsyncOptions, ProjectionEngine};
+use mink_es::readmodel::{Query, ReadModelRepository};
+use mink_examples::shop::views::{OrderSummaries, OrderSummary, StockLevel, StockLevels};
 use mink_examples::shop::{self, CommandStores, Narrator, webhooks};
-use mink_sqlite::{SqliteConfig, SqliteStore};
+use mink_sqlite::{SqliteProjectionTarget, SqliteStore};
+use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -39,10 +51,27 @@ async fn main() -> anyhow::Result<()> {
             "a new file"
         }
     ));
-    // The store writes the outbox messages its routes ask for in each append's
-    // transaction; the story delivers them to a webhook receiver in this process.
-    let store = SqliteStore::open_with_outbox(&path, SqliteConfig::default(), webhooks::outbox()?)
+    // The store writes, in each append's transaction, the outbox messages its routes ask
+    // for (the story delivers them to a webhook receiver in this process) and the order
+    // summaries (an inline projection).
+    let store = SqliteStore::builder(&path)
+        .outbox(webhooks::outbox()?)
+        .inline(OrderSummaries)?
+        .open()
         .with_context(|| format!("cannot open the event store at {}", path.display()))?;
+
+    // The stock levels are kept by an async projection, in the background.
+    let control = store.projection_control();
+    let mut engine = ProjectionEngine::new(store.clone(), Arc::new(control.clone()));
+    engine.add(
+        SqliteProjectionTarget::new(&store, StockLevels),
+        AsyncOptions {
+            poll_interval: Duration::from_millis(20),
+            ..AsyncOptions::default()
+        },
+    )?;
+    let cancel = CancellationToken::new();
+    let projections = engine.start(cancel.clone());
 
     shop::run(
         store.clone(),
@@ -51,6 +80,67 @@ async fn main() -> anyhow::Result<()> {
         &mut narrator,
     )
     .await?;
+
+    // The read models.
+    narrator.heading("Read models");
+    let orders = ReadModelRepository::<OrderSummary, _>::new(store.read_models());
+    orders.ensure_table().await?;
+    narrator.say("Order summaries (inline: written in each order's append), largest first:");
+    for o in orders.find(&Query::new().order_desc("total_cents")).await? {
+        let o = o.model;
+        narrator.say(format!(
+            "  {:<10} {:<8} {:<10} {:>3} units {:>8.2} {}",
+            o.id,
+            o.customer,
+            o.status,
+            o.units,
+            o.total_cents as f64 / 100.0,
+            o.carrier.as_deref().unwrap_or("")
+        ));
+    }
+    let open = orders
+        .count(&Query::new().in_list("status", ["placed", "paid"]))
+        .await?;
+    narrator.say(format!(
+        "  {open} order(s) placed or paid and not yet shipped"
+    ));
+
+    let ops = ProjectionOps::new(store.clone(), Arc::new(control));
+    let mut caught_up = false;
+    for _ in 0..250 {
+        let info = ops.list().await?;
+        if info
+            .iter()
+            .all(|i| i.lag_events == 0 && i.status.checkpoint.is_some())
+        {
+            caught_up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    anyhow::ensure!(
+        caught_up,
+        "the stock projection did not catch up: {:?}",
+        ops.list().await?
+    );
+    let stock = ReadModelRepository::<StockLevel, _>::new(store.read_models());
+    stock.ensure_table().await?;
+    narrator.say("Stock levels (async: kept by a projection worker with its checkpoint):");
+    for s in stock.find(&Query::new()).await? {
+        let s = s.model;
+        narrator.say(format!(
+            "  {:<16} {:>3} available, {:>3} reserved, {:>3} dispatched",
+            s.id, s.available, s.reserved, s.dispatched
+        ));
+    }
+    for info in ops.list().await? {
+        narrator.say(format!(
+            "  projection {}: {}, {} event(s) behind, {} parked",
+            info.status.name, info.status.state, info.lag_events, info.parked
+        ));
+    }
+    cancel.cancel();
+    projections.shutdown().await;
 
     narrator.say("");
     narrator.say(format!(
@@ -64,6 +154,12 @@ async fn main() -> anyhow::Result<()> {
     narrator.say("and at the audit log of the commands with");
     narrator.say(format!(
         "  sqlite3 {} \"SELECT command, aggregate_id, user_id, outcome, error_kind FROM mink_audit ORDER BY seq\"",
+        path.display()
+    ));
+    narrator.say("and at the read models with");
+    narrator.say(format!(
+        "  sqlite3 {} \"SELECT mink_doc FROM rm_shop_orders\"; sqlite3 {} \"SELECT mink_doc FROM rm_shop_stock\"",
+        path.display(),
         path.display()
     ));
     narrator.say("and at the outbox messages, with how their delivery went, with");

@@ -9,6 +9,7 @@
 //! | [`service`] | the bus with mink's middleware, and the command handlers |
 //! | [`faults`] | a store wrapper that loses a reply or holds a save, to show retries |
 //! | [`webhooks`] | the outbox routes, a webhook receiver, and the outbox processor that delivers to it |
+//! | [`views`] | the read models: order summaries kept inline, stock levels kept by an async projection |
 //! | [`scenario`] | the story the `shop` binary tells, on any store |
 //!
 //! The store is opened with the [outbox routes](webhooks::outbox), so every append also
@@ -23,6 +24,7 @@ pub mod inventory;
 pub mod order;
 pub mod scenario;
 pub mod service;
+pub mod views;
 pub mod webhooks;
 
 pub use commands::{CancelOrder, OrderOutcome, PayOrder, PlaceOrder, ReceiveStock, ShipOrder};

@@ -30,7 +30,7 @@ enum Token {
     Char(char),
 }
 
-/// A validated `like` pattern (see the [module docs](self) for the syntax).
+/// A validated `like` pattern (see the [read-model docs](crate::readmodel) for the syntax).
 ///
 /// ```
 /// use mink_es::readmodel::LikePattern;
