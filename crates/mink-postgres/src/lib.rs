@@ -50,6 +50,9 @@
 //! | `audit_log(seq bigint identity PK, id uuid, command_id uuid, command, aggregate_id, user_id, tenant_id, correlation_id, outcome, error_kind, error_message, started_at timestamptz, duration_us bigint)` | the audit log (see [`PgAuditStore`]) |
 //! | `outbox(seq bigint identity PK, id uuid, destination, stream_id, event_id uuid, event_type, stream_version, tx xid8, position bigint, codec, payload bytea, metadata jsonb, created_at, status, attempts, next_attempt_at, lease_owner, lease_until, last_error, finished_at)` | outbox messages and their delivery state (see [Outbox](#outbox)) |
 //!
+//! | `mink_projection_status`, `mink_projection_requests`, `mink_projection_parked`, `mink_projection_leases`, `mink_projection_rebuilds` | projection statuses, operators' requests, parked events, leases and blue/green rebuild marks (see [Projections and read models](#projections-and-read-models)) |
+//! | `rm_<model>` (and `rm_<model>__next` during a rebuild) | read models, one table per model (see [`PgReadModelStore`]) |
+//!
 //! Indexes on `events`: primary key `(tx, position)` (the feed), unique
 //! `(stream_id, version)` (stream reads; versions can never collide) and unique
 //! `event_id` (idempotent appends). Indexes on `idempotency_keys`: the key, and
@@ -350,6 +353,49 @@
 //! so do replays; [`OutboxStore::signal`](mink_es::outbox::OutboxStore::signal) is fed
 //! by a `LISTEN` task of its own, and polling covers lost notifications.
 //!
+//! ## Projections and read models
+//!
+//! Read models ([`mink_es::readmodel`]) live in the store's schema, one table per model
+//! (`rm_<NAME>`, created or rebuilt by `ensure_table`), with the semantics of the
+//! in-memory reference store:
+//!
+//! * [`PgEventStore::read_models`] gives a [`PgReadModelStore`] on the pool, for
+//!   readers and applications;
+//! * [`PgTxReadModelStore`] is bound to an open transaction: a unit of work that reads
+//!   each row at most once and writes the batch's changes with a few multi-row
+//!   statements at its flush;
+//! * [`PgProjectionTarget`] runs a [`ReadModelProjection`](mink_es::projection::ReadModelProjection)
+//!   asynchronously, under a [`ProjectionEngine`](mink_es::projection::ProjectionEngine):
+//!   each batch is one transaction that locks and moves the checkpoint with the
+//!   read-model changes (exactly once, even across `kill -9` and two processes), and
+//!   rebuilds blue/green into shadow tables swapped in atomically;
+//! * [`PgEventStoreBuilder::inline_projection`] runs a projection inside every append's
+//!   transaction: if it fails, the append fails with
+//!   [`Error::InlineProjection`](mink_es::Error::InlineProjection) and nothing is
+//!   written;
+//! * [`PgEventStore::projection_control`] gives a [`PgControl`]: statuses, requests,
+//!   parked events and leases shared by every process on the schema, so
+//!   [`ProjectionOps`](mink_es::projection::ops::ProjectionOps) (pause, resume, rebuild,
+//!   reset, replay parked) steers workers in other processes, and one process at a time
+//!   is active per projection or partition.
+//!
+//! ```no_run
+//! # use mink_es::projection::ReadModelProjection;
+//! # async fn f(url: &str, stock: impl ReadModelProjection, balances: impl ReadModelProjection) -> mink_es::Result<()> {
+//! use std::sync::Arc;
+//! use mink_es::projection::{AsyncOptions, ProjectionEngine};
+//! use mink_postgres::{PgEventStore, PgProjectionTarget};
+//! use tokio_util::sync::CancellationToken;
+//!
+//! // `stock` in the append's transaction, `balances` in the background.
+//! let store = PgEventStore::builder(url).inline_projection(stock).build().await?;
+//! store.migrate().await?;
+//! let mut engine = ProjectionEngine::new(store.clone(), Arc::new(store.projection_control()));
+//! engine.add(PgProjectionTarget::new(&store, balances)?, AsyncOptions::default())?;
+//! let handle = engine.start(CancellationToken::new());
+//! # let _ = handle; Ok(()) }
+//! ```
+//!
 //! ## Wake-ups
 //!
 //! [`FeedReader::feed_signal`](mink_es::FeedReader::feed_signal) is fed by a background
@@ -377,6 +423,8 @@ mod lag;
 pub mod migrate;
 mod notify;
 mod outbox;
+mod projection;
+mod readmodel;
 mod row;
 mod schema;
 mod snapshot;
@@ -388,6 +436,8 @@ pub use error::{PgStoreError, map_sqlx_error};
 pub use lag::{FeedLag, PreparedTransaction, Writer};
 pub use migrate::{LATEST_VERSION, MIGRATIONS, Migration, MigrationReport, migrate, verify};
 pub use outbox::PgOutboxStore;
+pub use projection::{CheckpointMoved, PgControl, PgProjectionTarget};
+pub use readmodel::{PgReadModelStore, PgTxReadModelStore, SHADOW_SUFFIX};
 pub use schema::{MAX_SCHEMA_NAME_LEN, SchemaName};
 pub use store::{PgEventStore, PgEventStoreBuilder};
 

@@ -55,10 +55,15 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "outbox",
         sql: include_str!("../migrations/0003_outbox.sql"),
     },
+    Migration {
+        version: 4,
+        name: "projections",
+        sql: include_str!("../migrations/0004_projections.sql"),
+    },
 ];
 
 /// The version of the last shipped migration.
-pub const LATEST_VERSION: i32 = 3;
+pub const LATEST_VERSION: i32 = 4;
 
 /// What [`migrate`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -238,7 +243,8 @@ mod tests {
             [
                 (1, "6bb9a9f6a070e641".to_owned()),
                 (2, "ba784a33fd868142".to_owned()),
-                (3, "d7d52b0332125b5b".to_owned())
+                (3, "d7d52b0332125b5b".to_owned()),
+                (4, "9a1570209dab24a2".to_owned())
             ]
         );
     }

@@ -22,7 +22,9 @@ use crate::error::{Classified, PgStoreError, classify, map};
 use crate::row::{EventDecoder, Xid8, cursor, limit_i64, position_of, to_i64};
 use crate::schema::{AppendKind, SchemaName, Shape, Statements, filter_index};
 use crate::time::read_time;
-use crate::{FeedLag, migrate, notify};
+use crate::{FeedLag, PgControl, PgReadModelStore, PgTxReadModelStore, migrate, notify};
+use mink_es::projection::ReadModelProjection;
+use mink_es::readmodel::{ReadModelStore as _, Schema};
 
 /// How many times an append re-runs after a race that its statement could not settle
 /// (the stream was created or an identical append committed while it ran).
@@ -63,6 +65,10 @@ struct Inner {
     outbox_listener_started: AtomicBool,
     /// Set when the next announcement must also wake outbox processors.
     announce_outbox: Arc<AtomicBool>,
+    /// The inline projections every append runs in its transaction.
+    inline: Vec<InlineEntry>,
+    /// Set once the inline projections' tables are ensured.
+    inline_ensured: tokio::sync::OnceCell<()>,
     cancel: CancellationToken,
     _stop_tasks: DropGuard,
 }
@@ -110,6 +116,25 @@ pub struct PgEventStoreBuilder {
     announce_interval: Duration,
     cancel: Option<CancellationToken>,
     outbox: Option<Outbox>,
+    inline: InlineProjections,
+}
+
+/// The inline projections registered on a builder.
+#[derive(Clone, Default)]
+struct InlineProjections(Vec<Arc<dyn ReadModelProjection>>);
+
+impl std::fmt::Debug for InlineProjections {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|p| p.name()))
+            .finish()
+    }
+}
+
+/// An inline projection with its validated models.
+struct InlineEntry {
+    projection: Arc<dyn ReadModelProjection>,
+    models: Vec<Schema>,
 }
 
 #[derive(Clone, Debug)]
@@ -137,6 +162,7 @@ impl PgEventStoreBuilder {
             announce_interval: Duration::from_millis(5),
             cancel: None,
             outbox: None,
+            inline: InlineProjections::default(),
         }
     }
 
@@ -241,10 +267,62 @@ impl PgEventStoreBuilder {
         self
     }
 
+    /// Runs `projection` inline: every append (through the pool or
+    /// [`PgEventStore::append_in`]) applies the events that the projection's
+    /// [`filter`](ReadModelProjection::filter) accepts to its read models, in the
+    /// append's transaction, through a [`PgTxReadModelStore`](crate::PgTxReadModelStore)
+    /// bound to it. If the projection (or the flush of its changes) fails, the append
+    /// fails with [`Error::InlineProjection`] and nothing is written: no event, no outbox
+    /// message, no read-model change. Its tables are ensured at the first append.
+    ///
+    /// A store with inline projections appends through the pool in a transaction of
+    /// its own (`BEGIN`, the append's statement, the projections' statements,
+    /// `COMMIT`), and in a caller's transaction within a savepoint that a failure rolls
+    /// back (the caller's transaction stays usable). Combines with
+    /// [`outbox`](Self::outbox). [`build`](Self::build) refuses an empty or duplicate
+    /// name with [`Error::InvalidProjection`].
+    pub fn inline_projection(mut self, projection: impl ReadModelProjection) -> Self {
+        self.inline.0.push(Arc::new(projection));
+        self
+    }
+
+    /// The inline projections with their models; refuses empty and duplicate names.
+    fn inline_entries(&self) -> Result<Vec<InlineEntry>> {
+        let mut names = std::collections::HashSet::new();
+        let mut out = Vec::with_capacity(self.inline.0.len());
+        for p in &self.inline.0 {
+            let name = p.name();
+            if name.trim().is_empty() || name.chars().any(char::is_control) {
+                return Err(Error::InvalidProjection {
+                    name: name.chars().take(64).collect(),
+                    reason:
+                        "an inline projection needs a non-empty name without control characters"
+                            .to_owned(),
+                });
+            }
+            if !names.insert(name.to_owned()) {
+                return Err(Error::InvalidProjection {
+                    name: name.chars().take(64).collect(),
+                    reason: "another inline projection of this store has this name".to_owned(),
+                });
+            }
+            out.push(InlineEntry {
+                projection: p.clone(),
+                models: p.models()?,
+            });
+        }
+        Ok(out)
+    }
+
     /// Connects (one connection is opened to fail fast) and builds the store. It does
     /// not migrate: call [`PgEventStore::migrate`] or [`PgEventStore::verify`].
+    ///
+    /// # Errors
+    /// [`Error::InvalidProjection`] for an inline projection with an empty or duplicate
+    /// name (checked before connecting); connection errors.
     pub async fn build(self) -> Result<PgEventStore> {
         let schema = SchemaName::new(&self.schema)?;
+        let inline = self.inline_entries()?;
         let app = self
             .application_name
             .clone()
@@ -312,6 +390,8 @@ impl PgEventStoreBuilder {
                 outbox_notifier: Arc::new(FeedNotifier::new()),
                 outbox_listener_started: AtomicBool::new(false),
                 announce_outbox: Arc::new(AtomicBool::new(false)),
+                inline,
+                inline_ensured: tokio::sync::OnceCell::new(),
                 _stop_tasks: cancel.clone().drop_guard(),
                 cancel,
             }),
@@ -398,15 +478,12 @@ impl PgEventStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<AppendResult> {
-        let appended = match &self.inner.outbox {
-            Some(o) if o.transforms => {
-                self.append_in_transformed(conn, &o.routes, stream, expected, events)
-                    .await?
-            }
-            _ => {
-                self.append_on(conn, stream, expected, events, Mode::CallerTx, true)
-                    .await?
-            }
+        let appended = if self.needs_tx() {
+            self.append_in_transformed(conn, stream, expected, events)
+                .await?
+        } else {
+            self.append_on(conn, stream, expected, events, Mode::CallerTx, true)
+                .await?
         };
         if !appended.result.deduplicated {
             // A plain NOTIFY: it must not change how the caller's transaction commits
@@ -425,17 +502,18 @@ impl PgEventStore {
         Ok(appended.result)
     }
 
-    /// [`PgEventStore::append_in`] for routes that transform: the transforms need the
-    /// stored events, so the messages are written by a second statement, and a failing
-    /// transform rolls the events back to a savepoint.
+    /// [`PgEventStore::append_in`] for routes that transform or inline projections:
+    /// the transforms and projections need the stored events, so they run after the
+    /// append's statement, and a failure rolls the events back to a savepoint.
     async fn append_in_transformed(
         &self,
         conn: &mut PgConnection,
-        routes: &Outbox,
         stream: &StreamId,
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<Appended> {
+        self.ensure_inline().await?;
+        let routes = self.transforming_routes();
         let savepoint = |sql: &'static str| sqlx::raw_sql(sql);
         savepoint("SAVEPOINT mink_append")
             .execute(&mut *conn)
@@ -448,7 +526,14 @@ impl PgEventStore {
                 .map_err(|e| self.map_err(e))
         };
         let appended = match self
-            .append_on(conn, stream, expected, events, Mode::CallerTx, false)
+            .append_on(
+                conn,
+                stream,
+                expected,
+                events,
+                Mode::CallerTx,
+                routes.is_none(),
+            )
             .await
         {
             Ok(a) => a,
@@ -463,10 +548,21 @@ impl PgEventStore {
             release(conn).await?;
             return Ok(appended);
         }
-        match self
-            .write_transformed(conn, routes, &appended.result.events)
-            .await
-        {
+        let written = match routes {
+            Some(routes) => {
+                self.write_transformed(conn, routes, &appended.result.events)
+                    .await
+            }
+            None => Ok(appended.messages),
+        };
+        let written = match written {
+            Ok(messages) => self
+                .run_inline(conn, stream, &appended.result.events)
+                .await
+                .map(|()| messages),
+            Err(e) => Err(e),
+        };
+        match written {
             Ok(messages) => {
                 release(conn).await?;
                 Ok(Appended {
@@ -488,15 +584,17 @@ impl PgEventStore {
         }
     }
 
-    /// An append through the pool for routes that transform: in a transaction of its
-    /// own, since the transforms need the stored events (see [`Self::write_transformed`]).
+    /// An append through the pool for routes that transform or inline projections: in
+    /// a transaction of its own, since the transforms and projections need the stored
+    /// events (see [`Self::write_transformed`] and [`Self::run_inline`]).
     async fn append_transformed(
         &self,
-        routes: &Outbox,
         stream: &StreamId,
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<Appended> {
+        self.ensure_inline().await?;
+        let routes = self.transforming_routes();
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -508,7 +606,7 @@ impl PgEventStore {
                     expected,
                     events.clone(),
                     Mode::OwnTx,
-                    false,
+                    routes.is_none(),
                 )
                 .await;
             let appended = match outcome {
@@ -525,16 +623,31 @@ impl PgEventStore {
                 let _ = tx.rollback().await;
                 return Ok(appended);
             }
-            let messages = match self
-                .write_transformed(&mut tx, routes, &appended.result.events)
+            let messages = match routes {
+                Some(routes) => match self
+                    .write_transformed(&mut tx, routes, &appended.result.events)
+                    .await
+                {
+                    Ok(n) => n,
+                    Err(WriteFailure::Refused(e) | WriteFailure::Statement(e)) => {
+                        let _ = tx.rollback().await;
+                        return Err(e);
+                    }
+                },
+                None => appended.messages,
+            };
+            if let Err(WriteFailure::Refused(e) | WriteFailure::Statement(e)) = self
+                .run_inline(&mut tx, stream, &appended.result.events)
                 .await
             {
-                Ok(n) => n,
-                Err(WriteFailure::Refused(e) | WriteFailure::Statement(e)) => {
-                    let _ = tx.rollback().await;
-                    return Err(e);
+                let _ = tx.rollback().await;
+                // A read model changed under the projection (a concurrent append), or
+                // a deadlock: the whole transaction runs again.
+                if attempt < APPEND_ATTEMPTS && inline_retryable(&e) {
+                    continue;
                 }
-            };
+                return Err(e);
+            }
             tx.commit().await.map_err(|e| self.map_err(e))?;
             return Ok(Appended {
                 result: appended.result,
@@ -608,6 +721,106 @@ impl PgEventStore {
             ));
         }
         Ok(messages.len())
+    }
+
+    /// Whether appends need a transaction of their own (or a savepoint in the
+    /// caller's): routes that transform, or inline projections.
+    fn needs_tx(&self) -> bool {
+        self.transforming_routes().is_some() || !self.inner.inline.is_empty()
+    }
+
+    /// The outbox routes, when one of them transforms.
+    fn transforming_routes(&self) -> Option<&Outbox> {
+        self.inner
+            .outbox
+            .as_ref()
+            .filter(|o| o.transforms)
+            .map(|o| &o.routes)
+    }
+
+    /// Ensures the tables of the inline projections (once per store handle).
+    async fn ensure_inline(&self) -> Result<()> {
+        if self.inner.inline.is_empty() {
+            return Ok(());
+        }
+        self.inner
+            .inline_ensured
+            .get_or_try_init(|| async {
+                let models = self.read_models();
+                for entry in &self.inner.inline {
+                    for m in &entry.models {
+                        models.ensure_table(m).await?;
+                    }
+                }
+                Ok::<(), Error>(())
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Runs the inline projections on just-stored `events`, in the append's
+    /// transaction open on `conn`.
+    async fn run_inline(
+        &self,
+        conn: &mut PgConnection,
+        stream: &StreamId,
+        events: &[StoredEvent],
+    ) -> std::result::Result<(), WriteFailure> {
+        for entry in &self.inner.inline {
+            let p = &entry.projection;
+            let filter = p.filter();
+            let all = filter.event_types.is_empty()
+                && filter.streams.is_empty()
+                && filter.categories.is_empty();
+            let selected: std::borrow::Cow<'_, [StoredEvent]> = if all {
+                std::borrow::Cow::Borrowed(events)
+            } else {
+                std::borrow::Cow::Owned(
+                    events
+                        .iter()
+                        .filter(|e| filter.matches(e))
+                        .cloned()
+                        .collect(),
+                )
+            };
+            if selected.is_empty() {
+                continue;
+            }
+            let outcome = {
+                let mut models =
+                    PgTxReadModelStore::new(&mut *conn, self.inner.schema.clone()).lock_rows(true);
+                for m in &entry.models {
+                    models.assume_ensured(m);
+                }
+                match p.apply(&models, &selected).await {
+                    Ok(()) => models.flush().await.map_err(mink_es::BoxError::from),
+                    Err(e) => Err(mink_es::BoxError::from(e)),
+                }
+            };
+            if let Err(source) = outcome {
+                return Err(WriteFailure::Refused(Error::InlineProjection {
+                    projection: p.name().to_owned(),
+                    stream: stream.clone(),
+                    source,
+                }));
+            }
+        }
+        Ok(())
+    }
+
+    /// The read models in this store's schema, on its pool (see [`PgReadModelStore`]).
+    /// Each call gives a new handle, with its own set of ensured tables: ensure the
+    /// tables a handle uses through it (cheap when they are up to date).
+    pub fn read_models(&self) -> PgReadModelStore {
+        PgReadModelStore::new(self.inner.pool.clone(), self.inner.schema.clone())
+    }
+
+    /// The projection control tables in this store's schema, on its pool (see
+    /// [`PgControl`]): give it to a
+    /// [`ProjectionEngine`](mink_es::projection::ProjectionEngine) and to
+    /// [`ProjectionOps`](mink_es::projection::ops::ProjectionOps).
+    pub fn projection_control(&self) -> PgControl {
+        PgControl::new(self.inner.pool.clone(), self.inner.schema.clone())
     }
 
     /// Saves a checkpoint inside a transaction the caller holds, so that it commits
@@ -1242,6 +1455,20 @@ impl OutboxRoutes {
     }
 }
 
+/// Whether an inline projection failed for a reason a new attempt may not meet: a
+/// version conflict on a read model, or a transient database error (a deadlock).
+fn inline_retryable(e: &Error) -> bool {
+    let Error::InlineProjection { source, .. } = e else {
+        return false;
+    };
+    if let Some(p) = source.downcast_ref::<mink_es::projection::ProjectionError>() {
+        return p.is_transient();
+    }
+    source
+        .downcast_ref::<Error>()
+        .is_some_and(Error::is_retryable)
+}
+
 /// Whether a route has a transform.
 fn route_transforms(route: &mink_es::outbox::Route) -> bool {
     route.has_transform()
@@ -1357,10 +1584,7 @@ impl StreamWriter for PgEventStore {
         events: Vec<NewEvent>,
     ) -> Result<AppendResult> {
         let appended = match &self.inner.outbox {
-            Some(o) if o.transforms => {
-                self.append_transformed(&o.routes, stream, expected, events)
-                    .await?
-            }
+            _ if self.needs_tx() => self.append_transformed(stream, expected, events).await?,
             _ => {
                 let mut conn = self
                     .inner

@@ -47,6 +47,9 @@ struct Worker<S> {
     paused: bool,
     faulted: bool,
     rebuilding: Option<Position>,
+    /// Set when a retry found the lease taken by another process: the apply gave up
+    /// (as if cancelled) and the worker stands by.
+    lost_lease: bool,
 }
 
 /// Runs a worker until cancelled. Returns an error only for failures it cannot ride
@@ -83,6 +86,7 @@ pub(crate) async fn run<S: FeedReader + Clone + 'static>(
         paused: false,
         faulted: false,
         rebuilding: None,
+        lost_lease: false,
     };
     w.report(true).await;
     loop {
@@ -340,6 +344,9 @@ impl<S: FeedReader + Clone + 'static> Worker<S> {
                     self.report(false).await;
                 }
                 Applied::Stopped => {}
+                Applied::Cancelled if std::mem::take(&mut self.lost_lease) => {
+                    return Exit::LostLease;
+                }
                 Applied::Cancelled => return Exit::Cancelled,
             }
         }
@@ -480,6 +487,13 @@ impl<S: FeedReader + Clone + 'static> Worker<S> {
                 Err(e @ ProjectionError::Transient(_)) => {
                     transient += 1;
                     self.status.last_error = Some(e.to_string());
+                    // Another process may have taken the projection over (a target
+                    // that saw its checkpoint move refuses every batch): stop retrying
+                    // once the lease is gone, and stand by.
+                    if !self.renew().await {
+                        self.lost_lease = true;
+                        return Outcome::Cancelled;
+                    }
                     metrics::counter!("mink_projection_retries_total", "projection" => self.cfg.name.clone(), "kind" => "transient").increment(1);
                     if !self
                         .sleep(backoff(
