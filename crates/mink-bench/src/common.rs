@@ -95,6 +95,10 @@ pub struct Sizes {
     pub outbox_batch: usize,
     /// OUTBOX: concurrent processors.
     pub outbox_workers: usize,
+    /// PROJ: events in the pre-filled store.
+    pub proj_events: u64,
+    /// PROJ: streams (read-model rows).
+    pub proj_streams: usize,
 }
 
 /// The measured time of one implementation on one workload.

@@ -42,6 +42,13 @@
 //!   of `kafka`. It runs in `all` only when `MINK_KAFKA_BROKERS` is set (without it,
 //!   `--workload OUTBOX` gives the webhook lines), and not on the memory backend; the
 //!   time a round spends claiming, publishing and acknowledging goes to stderr.
+//! - **PROJ** (`src/proj.rs`): events/s of an async projection keeping a SQL read
+//!   model (one row per stream, read then written back per event through a typed
+//!   repository) while catching up with a pre-filled store of 100,000 events over 1,000
+//!   streams, in the transaction that moves its checkpoint: `mink-p1` (one worker) and
+//!   `mink-p4` (four partitions), against `raw`, the same read model kept with
+//!   hand-written SQL and the same batch size, on SQLite and PostgreSQL. Not on the
+//!   memory backend.
 //!
 //! Every workload prints one line per implementation on stdout, and nothing else goes
 //! to stdout:
@@ -77,6 +84,7 @@ mod decode;
 mod memory;
 mod outbox;
 mod postgres;
+mod proj;
 mod sqlite;
 mod workloads;
 
@@ -125,6 +133,9 @@ enum WorkloadArg {
     /// Draining a pre-filled outbox to Kafka and to a webhook receiver.
     #[value(name = "OUTBOX")]
     Outbox,
+    /// An async projection keeping a SQL read model, catching up with a full store.
+    #[value(name = "PROJ")]
+    Proj,
     /// All of them (OUTBOX only when `MINK_KAFKA_BROKERS` is set).
     #[value(name = "all")]
     All,
@@ -147,10 +158,12 @@ pub enum Workload {
     W3D,
     /// Draining a pre-filled outbox through the outbox processor.
     Outbox,
+    /// An async projection catching up with a pre-filled store.
+    Proj,
 }
 
 impl Workload {
-    const ALL: [Workload; 7] = [
+    const ALL: [Workload; 8] = [
         Workload::W1,
         Workload::W2,
         Workload::W3,
@@ -158,6 +171,7 @@ impl Workload {
         Workload::Bus,
         Workload::W3D,
         Workload::Outbox,
+        Workload::Proj,
     ];
 
     fn name(self) -> &'static str {
@@ -169,6 +183,7 @@ impl Workload {
             Workload::Bus => "BUS",
             Workload::W3D => "W3D",
             Workload::Outbox => "OUTBOX",
+            Workload::Proj => "PROJ",
         }
     }
 
@@ -261,6 +276,15 @@ struct Cli {
     /// OUTBOX: concurrent processors [default: 3].
     #[arg(long, value_name = "N")]
     outbox_workers: Option<usize>,
+
+    /// PROJ: events in the pre-filled store [default: 100,000; quick 2,000].
+    #[arg(long, value_name = "N")]
+    proj_events: Option<u64>,
+
+    /// PROJ: streams the events are spread over, one read-model row each
+    /// [default: 1,000; quick 100].
+    #[arg(long, value_name = "N")]
+    proj_streams: Option<usize>,
 }
 
 impl Cli {
@@ -291,6 +315,8 @@ impl Cli {
                 outbox_streams: 1000,
                 outbox_batch: 250,
                 outbox_workers: 3,
+                proj_events: 100_000,
+                proj_streams: 1000,
             },
             // The memory store is 100x faster: the SQLite sizes would time a few
             // milliseconds, too little for a stable figure.
@@ -313,6 +339,8 @@ impl Cli {
                 outbox_streams: 1000,
                 outbox_batch: 250,
                 outbox_workers: 3,
+                proj_events: 100_000,
+                proj_streams: 1000,
             },
             (true, _) => Sizes {
                 streams: 1000,
@@ -335,6 +363,8 @@ impl Cli {
                 outbox_streams: 1000,
                 outbox_batch: 250,
                 outbox_workers: 3,
+                proj_events: 2_000,
+                proj_streams: 100,
             },
         };
         s.streams = self.streams.unwrap_or(s.streams).max(1);
@@ -353,6 +383,8 @@ impl Cli {
         s.outbox_streams = self.outbox_streams.unwrap_or(s.outbox_streams).max(1);
         s.outbox_batch = self.outbox_batch.unwrap_or(s.outbox_batch).max(1);
         s.outbox_workers = self.outbox_workers.unwrap_or(s.outbox_workers).max(1);
+        s.proj_events = self.proj_events.unwrap_or(s.proj_events).max(1);
+        s.proj_streams = self.proj_streams.unwrap_or(s.proj_streams).max(1);
         s
     }
 }
@@ -474,6 +506,7 @@ fn run(cli: &Cli) -> Result<()> {
         WorkloadArg::Bus => vec![Workload::Bus],
         WorkloadArg::W3D => vec![Workload::W3D],
         WorkloadArg::Outbox => vec![Workload::Outbox],
+        WorkloadArg::Proj => vec![Workload::Proj],
     };
     let payload = common::payload()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -489,8 +522,11 @@ fn run(cli: &Cli) -> Result<()> {
         // gets a fresh database file in it. It is removed at the end.
         let dir = tempfile::Builder::new().prefix("mink-bench-").tempdir()?;
         for &workload in &workloads {
-            if workload == Workload::Outbox && backend == Backend::Memory {
-                eprintln!("mink-bench: OUTBOX runs on sqlite and postgres; skipping it on memory");
+            if matches!(workload, Workload::Outbox | Workload::Proj) && backend == Backend::Memory {
+                eprintln!(
+                    "mink-bench: {} runs on sqlite and postgres; skipping it on memory",
+                    workload.name()
+                );
                 continue;
             }
             let start = Instant::now();

@@ -67,8 +67,11 @@ pub async fn run(workload: Workload, sizes: &Sizes, payload: &Bytes) -> Result<V
                 decode::mirrored_runs(sizes, payload, async |_, _| Ok(MemoryStore::new())).await?;
             return Ok(decode::lines("memory", &results));
         }
-        Workload::Outbox => {
-            return Err(anyhow::anyhow!("OUTBOX does not run on the memory backend"));
+        Workload::Outbox | Workload::Proj => {
+            return Err(anyhow::anyhow!(
+                "{} does not run on the memory backend",
+                workload.name()
+            ));
         }
     }
     Ok(vec![Line::new(workload, "memory", "mink", m)])

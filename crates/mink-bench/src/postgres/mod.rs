@@ -25,6 +25,7 @@
 //! gives each codec and upcaster its own stream in one fresh schema.
 
 mod outbox;
+mod proj;
 mod raw;
 
 use std::sync::Arc;
@@ -117,6 +118,7 @@ pub async fn run(workload: Workload, sizes: &Sizes, payload: &Bytes) -> Result<V
         Workload::Bus => return run_bus(sizes, &url).await,
         Workload::W3D => return run_w3d(sizes, payload, &url).await,
         Workload::Outbox => return outbox::run(sizes, payload, &url).await,
+        Workload::Proj => return proj::run(sizes, payload, &url).await,
     };
     let tag = format!("{}_{}", workload.name().to_lowercase(), std::process::id());
     let raw_schema = format!("mink_bench_raw_{tag}");
@@ -350,7 +352,7 @@ async fn measure(
             raw.verify((warm + units) * sizes.w4_tasks as u64).await?;
             mink.verify((warm + units) * sizes.w4_tasks as u64).await?;
         }
-        Workload::Bus | Workload::W3D | Workload::Outbox => {
+        Workload::Bus | Workload::W3D | Workload::Outbox | Workload::Proj => {
             return Err(anyhow!("workload {} does not run here", workload.name()));
         }
     }

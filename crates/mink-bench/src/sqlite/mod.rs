@@ -24,6 +24,7 @@
 //! `SqliteStore::audit_store`).
 
 mod outbox;
+mod proj;
 mod raw;
 
 use std::path::Path;
@@ -69,6 +70,7 @@ pub async fn run(
         Workload::Bus => return run_bus(sizes, dir).await,
         Workload::W3D => return run_w3d(sizes, payload, dir).await,
         Workload::Outbox => return outbox::run(sizes, payload, dir).await,
+        Workload::Proj => return proj::run(sizes, payload, dir).await,
     };
     let halves = split(units, 2);
     let mut raw_m = Measurement::default();
@@ -170,7 +172,9 @@ async fn run_raw(
             w.verify((warm + units) * sizes.w4_tasks as u64)?;
             Ok(measured)
         }
-        Workload::Bus | Workload::W3D | Workload::Outbox => Err(not_a_store_workload(workload)),
+        Workload::Bus | Workload::W3D | Workload::Outbox | Workload::Proj => {
+            Err(not_a_store_workload(workload))
+        }
     }
 }
 
@@ -205,7 +209,9 @@ async fn run_mink(
             w.verify((warm + units) * sizes.w4_tasks as u64).await?;
             Ok(measured)
         }
-        Workload::Bus | Workload::W3D | Workload::Outbox => Err(not_a_store_workload(workload)),
+        Workload::Bus | Workload::W3D | Workload::Outbox | Workload::Proj => {
+            Err(not_a_store_workload(workload))
+        }
     }
 }
 

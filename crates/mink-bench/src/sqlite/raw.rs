@@ -47,7 +47,7 @@ fn events_schema() -> Result<&'static str> {
 }
 
 /// mink-sqlite's default `PRAGMA synchronous`.
-fn synchronous() -> &'static str {
+pub(crate) fn synchronous() -> &'static str {
     match SqliteConfig::default().synchronous {
         Synchronous::Full => "FULL",
         _ => "NORMAL",
