@@ -49,6 +49,8 @@
 //! | `idempotency_keys(key PK, state, token uuid, output bytea, expires_at timestamptz)` | idempotency keys: a reservation or a stored result (see [`PgIdempotencyStore`]) |
 //! | `audit_log(seq bigint identity PK, id uuid, command_id uuid, command, aggregate_id, user_id, tenant_id, correlation_id, outcome, error_kind, error_message, started_at timestamptz, duration_us bigint)` | the audit log (see [`PgAuditStore`]) |
 //! | `outbox(seq bigint identity PK, id uuid, destination, stream_id, event_id uuid, event_type, stream_version, tx xid8, position bigint, codec, payload bytea, metadata jsonb, created_at, status, attempts, next_attempt_at, lease_owner, lease_until, last_error, finished_at)` | outbox messages and their delivery state (see [Outbox](#outbox)) |
+//! | `outbox_heads(destination, stream_id, seq)` | each (destination, stream)'s head: the message a claim may take next (migration 5) |
+//! | `outbox_stale(id, destination, stream_id)` | streams whose head could not be repaired at once, for the next claim |
 //!
 //! | `mink_projection_status`, `mink_projection_requests`, `mink_projection_parked`, `mink_projection_leases`, `mink_projection_rebuilds` | projection statuses, operators' requests, parked events, leases and blue/green rebuild marks (see [Projections and read models](#projections-and-read-models)) |
 //! | `rm_<model>` (and `rm_<model>__next` during a rebuild) | read models, one table per model (see [`PgReadModelStore`]) |
@@ -293,59 +295,65 @@
 //!
 //! **Delivering.** [`PgOutboxStore`] implements
 //! [`OutboxStore`](mink_es::outbox::OutboxStore) with the memory store's semantics,
-//! shared by every process on the schema. A claim is one statement, in a `READ
-//! COMMITTED` transaction of its own without JIT:
+//! shared by every process on the schema. Each (destination, stream) has a head, its
+//! row in `outbox_heads` (migration 5): the oldest of its pending messages (or one
+//! finished since, until repaired). A claim runs in a `READ COMMITTED` transaction of
+//! its own without JIT: it repairs the streams listed in `outbox_stale`, then
 //!
 //! ```sql
-//! WITH claims AS (             -- the first $limit claimable heads, locked
-//!   SELECT o.seq FROM outbox o
-//!   WHERE o.status = 'pending' AND o.attempts < $max_attempts
+//! WITH cand AS (               -- the first $limit available heads, locked
+//!   SELECT o.seq, o.attempts >= $max_attempts AS over
+//!   FROM outbox_heads h JOIN outbox o ON o.seq = h.seq + 0
+//!   WHERE h.seq IS NOT NULL AND o.status = 'pending'
 //!     AND (o.lease_until IS NULL OR o.lease_until <= statement_timestamp())
 //!     AND o.next_attempt_at <= statement_timestamp()
-//!     AND o.seq = (SELECT min(p.seq) FROM outbox p            -- first pending message
-//!                  WHERE p.status = 'pending'                  -- of its (destination,
-//!                    AND p.destination = o.destination         -- stream)
-//!                    AND p.stream_id = o.stream_id)
-//!   ORDER BY o.seq LIMIT $limit
+//!   ORDER BY h.seq LIMIT $limit
 //!   FOR NO KEY UPDATE OF o SKIP LOCKED),
-//! bound AS (...),              -- the seq of the $limit-th claim (or none)
-//! expired AS (...),            -- heads before it due again after their last attempt
-//! dead AS (UPDATE ... status = 'dead' ...)                     -- the dead-letter queue
-//! UPDATE outbox SET attempts = attempts + 1, lease_owner = $owner,
-//!   lease_until = statement_timestamp() + $lease
-//! WHERE seq = ANY(ARRAY(SELECT seq FROM claims)) RETURNING ...
+//! done AS (UPDATE ... status = 'dead' ... WHERE over),        -- the dead-letter queue
+//! claimed AS (UPDATE outbox SET attempts = attempts + 1, lease_owner = $owner,
+//!   lease_until = statement_timestamp() + $lease WHERE NOT over RETURNING ...)
+//! ...
 //! ```
 //!
-//! * Only the oldest pending message of each (destination, stream) is deliverable: a
-//!   head that is leased, not yet due, or past the limit still holds back its
-//!   followers; dead letters hold back nothing.
-//! * Concurrent claims never take one message: a row another transaction holds is
-//!   skipped (`SKIP LOCKED`), and a row another claim leased, or a processor
-//!   acknowledged or failed, after this statement's snapshot was taken is re-checked
-//!   on its latest version once locked (READ COMMITTED), and left alone. A head is
-//!   judged by the snapshot, which can only be behind: a message whose predecessor is
-//!   pending in the snapshot is never taken, and a predecessor never becomes pending
-//!   again except by a replay of a dead letter (which holds nothing back anyway). The
-//!   messages of a transaction still open are invisible until it commits.
-//! * Each claim counts as an attempt; a head due again after its `max_attempts`-th
-//!   attempt (its processor died) is dead-lettered by the claim that finds it. The
-//!   server's clock (`statement_timestamp()`) decides leases and due times.
+//! (and claims again for the room dead-lettered heads took).
+//!
+//! * Only a stream's head is deliverable: a head that is leased, not yet due, or past
+//!   the limit holds back its followers; dead letters hold back nothing (the head moves
+//!   past them; a replayed one older than the head becomes the head again).
+//! * A claim reads the heads it takes and those it passes (leased, waiting for a retry),
+//!   never the messages queued behind them: its cost does not grow with the backlog.
+//! * Appends lock their streams' `outbox_heads` rows until they commit, and set the
+//!   head of a stream that had none. An acknowledgement (or a failure without retry)
+//!   locks its streams' rows, skipping those an append holds, and in a second statement
+//!   moves their heads to the oldest pending message; the skipped streams are listed in
+//!   `outbox_stale`, which every claim repairs first. A repair decides in a statement
+//!   whose snapshot follows its lock, so it sees every committed append of the stream,
+//!   and none is in flight: a stream never loses its head, and one row cannot hold two.
+//!   (Appends in a REPEATABLE READ or SERIALIZABLE caller transaction get a
+//!   serialization failure if a repair moved their stream's head meanwhile.)
+//! * Concurrent claims never take one message (`SKIP LOCKED`, then the READ COMMITTED
+//!   re-check of a row changed meanwhile on its latest version).
+//! * Replays lock the dead letters' streams (those not held at once, one transaction
+//!   each, waiting), put them back in line and repair.
 //! * `ack` and `fail` act only on messages the caller still holds; a late
 //!   acknowledgement of a message another processor took over is ignored.
 //!
-//! Indexes on `outbox`: the primary key `seq`; `(seq) WHERE status = 'pending'` (the
-//! claim's walk, in order); `(destination, stream_id, seq) WHERE status = 'pending'`
-//! (is this the head of its stream?); `id` (acknowledgements, status, replays);
+//! Indexes: `outbox_heads (seq) WHERE seq IS NOT NULL` (the claim's walk, in order);
+//! on `outbox`, the primary key `seq`; `(seq) WHERE status = 'pending'` (a head's row);
+//! `(destination, stream_id, seq) WHERE status = 'pending'` (a stream's oldest pending
+//! message, for repairs); `id` (acknowledgements, status, replays);
 //! `(seq) WHERE status = 'dead'` (the dead-letter queue, oldest first); `(finished_at)
 //! WHERE status = 'delivered'` (purges, which delete 1,000 rows per transaction). The
 //! other status changes are updates of leases and attempts, which touch no indexed
 //! column, so they are HOT updates (the table keeps 20 % of each page free for them).
 //!
-//! Costs: a message costs its append one insert into `outbox` and its three indexes.
-//! A claim reads the pending messages in order up to its last claim, probing one index
-//! per message read: cheap while messages flow, but messages queued behind heads that
-//! wait (a destination that is down) are read by every claim until their heads move,
-//! about 3 µs each.
+//! Costs: a message costs its append one insert into `outbox` and its indexes, and
+//! the lock (and, for a stream with nothing pending, the update) of its stream's
+//! `outbox_heads` row. A claim reads the heads in order up to its last claim (those it
+//! takes and the leased or waiting ones it passes), a few µs each, never the messages
+//! queued behind them; an acknowledgement also locks and moves its streams' heads
+//! (one small row each). Processes running code older than migration 5 must stop
+//! before it runs: their appends would not maintain heads.
 //!
 //! Processors are woken by `NOTIFY` on the schema's outbox channel
 //! ([`SchemaName::outbox_channel`]): appends that write messages announce them (through

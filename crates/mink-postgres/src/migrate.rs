@@ -60,10 +60,15 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "projections",
         sql: include_str!("../migrations/0004_projections.sql"),
     },
+    Migration {
+        version: 5,
+        name: "outbox heads",
+        sql: include_str!("../migrations/0005_outbox_heads.sql"),
+    },
 ];
 
 /// The version of the last shipped migration.
-pub const LATEST_VERSION: i32 = 4;
+pub const LATEST_VERSION: i32 = 5;
 
 /// What [`migrate`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -244,7 +249,8 @@ mod tests {
                 (1, "6bb9a9f6a070e641".to_owned()),
                 (2, "ba784a33fd868142".to_owned()),
                 (3, "d7d52b0332125b5b".to_owned()),
-                (4, "9a1570209dab24a2".to_owned())
+                (4, "9a1570209dab24a2".to_owned()),
+                (5, "d3db9b1da30cea9d".to_owned())
             ]
         );
     }

@@ -1,6 +1,7 @@
 //! [`PgOutboxStore`]: outbox messages in the `outbox` table, written by the appends of a
 //! store built with [`PgEventStoreBuilder::outbox`](crate::PgEventStoreBuilder::outbox).
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -14,7 +15,7 @@ use mink_es::outbox::{Claimed, DeadLetter, MessageStatus, OutboxMessage, OutboxS
 use mink_es::{CodecTag, Error, EventId, FeedSignal, Metadata, Result, StreamId};
 use sqlx::postgres::PgRow;
 use sqlx::types::Json;
-use sqlx::{PgPool, Row};
+use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
 use crate::PgEventStore;
@@ -46,15 +47,6 @@ const MAX_RETENTION_MICROS: u128 = 6_000 * 365 * 24 * 3_600 * 1_000_000;
 /// The last error recorded for a message whose lease expired after its last attempt.
 const LEASE_EXPIRED: &str = "lease expired after the last attempt";
 
-/// "The oldest pending message of its (destination, stream)", for the pending outbox
-/// row `o`, seen in the statement's snapshot. A correlated scalar subquery rather than
-/// `NOT EXISTS`, so that every plan (generic ones included) probes the
-/// `outbox_pending_streams_idx` index once per row walked, never hashes the whole
-/// pending set.
-const IS_HEAD: &str = "o.seq = (SELECT min(p.seq) FROM {schema}.outbox p \
-     WHERE p.status = 'pending' AND p.destination = o.destination \
-     AND p.stream_id = o.stream_id)";
-
 /// "Not leased by a live lease, and due", by the server's clock.
 const AVAILABLE: &str = "(o.lease_until IS NULL OR o.lease_until <= statement_timestamp()) \
      AND o.next_attempt_at <= statement_timestamp()";
@@ -71,20 +63,33 @@ const AVAILABLE: &str = "(o.lease_until IS NULL OR o.lease_until <= statement_ti
 /// [`MemoryOutboxStore`](mink_es::outbox::store::MemoryOutboxStore), made durable and
 /// shared by every process using the schema:
 ///
-/// * [`claim`](OutboxStore::claim) is one statement (in a `READ COMMITTED` transaction
-///   of its own, without JIT: see the [crate docs](crate#outbox)). It walks the pending messages in
-///   `seq` (writing) order and considers only the oldest pending message of each
-///   (destination, stream): a message that is leased, not yet due, or past this round's
-///   `limit` still holds back the later messages of its stream; dead letters hold back
-///   nothing. Each claim counts as an attempt; a message due again after its
-///   `max_attempts`-th attempt (its lease expired) is moved to the dead-letter queue
-///   instead. Rows are locked with `FOR NO KEY UPDATE SKIP LOCKED` (the row lock an
-///   `UPDATE` takes), so concurrent claims, from any number of processes, never take
-///   the same message: a message another claim is taking is skipped (and holds back its
-///   stream), and one it took is leased when this claim re-reads it.
+/// * Each (destination, stream) has a **head**, its row in `outbox_heads` (migration 5):
+///   the oldest of its pending messages, or a message finished since (acknowledged,
+///   dead-lettered) until it is repaired. Dead letters hold back nothing: the head moves
+///   past them, and a replayed one older than its stream's head becomes the head again.
+///   Appends set the head of a stream that has none; acknowledgements and failures move
+///   it on; whatever cannot move it at once (its row is held by an append not yet
+///   committed) lists the stream in `outbox_stale` for the next claim. One row per
+///   stream cannot name two heads, and its lock keeps a stream from losing its head
+///   (an append holds it until it commits, and a repair decides once it holds it).
+/// * [`claim`](OutboxStore::claim) runs in a `READ COMMITTED` transaction of its own,
+///   without JIT (see the [crate docs](crate#outbox)): it repairs the listed heads, then
+///   walks the heads in `seq` (writing) order and takes the first `limit` that are not
+///   leased and are due, so a claim reads what it takes plus the heads it passes
+///   (leased or waiting for a retry), never the messages queued behind them. A head
+///   that is leased, not yet due, or past this round's `limit` holds back the later
+///   messages of its stream. Each claim counts as an attempt; a head due again after
+///   its `max_attempts`-th attempt (its lease expired) is moved to the dead-letter queue
+///   instead (and its room is filled from the heads after it). Rows are locked with
+///   `FOR NO KEY UPDATE SKIP LOCKED` (the row lock an `UPDATE` takes), so concurrent
+///   claims, from any number of processes, never take the same message: a message
+///   another claim is taking is skipped (and holds back its stream), and one it took is
+///   leased when this claim re-reads it.
 /// * [`ack`](OutboxStore::ack) and [`fail`](OutboxStore::fail) act only on messages the
 ///   caller still holds (pending and leased to it; an expired lease nobody took over
-///   still counts), each in one statement.
+///   still counts). An acknowledgement, or a failure without retry, is one statement,
+///   then the repair of its streams' heads, in one transaction; a retry is one
+///   statement.
 /// * **Leases and due times are decided by the database server's clock**
 ///   (`statement_timestamp()`), never by the application's: processors on hosts with
 ///   skewed clocks agree. A retry time given to [`fail`](OutboxStore::fail) is turned
@@ -154,22 +159,41 @@ impl PgEventStore {
 /// The store's statements, rendered for its schema.
 #[derive(Debug)]
 struct Statements {
-    /// $1 owner, $2 limit, $3 lease (µs, NULL: forever), $4 attempt limit. Returns the
-    /// claimed messages ([`MESSAGE_COLUMNS`], then `attempts`).
+    /// Locks (skipping those another transaction holds) the `outbox_heads` rows of the
+    /// streams listed in `outbox_stale`, and deletes their entries. Returns them:
+    /// (destination, stream_id).
+    stale: Stmt,
+    /// $1 destinations, $2 stream ids, whose `outbox_heads` rows the transaction holds:
+    /// moves each one's head to its oldest pending message (none: NULL).
+    repair: Stmt,
+    /// The same, after a replay (the oldest pending message may come before the head).
+    repair_all: Stmt,
+    /// $1 owner, $2 limit, $3 lease (µs, NULL: forever), $4 attempt limit, $5 `seq`s
+    /// to pass over. Returns the claimed messages ([`MESSAGE_COLUMNS`], then
+    /// `attempts`), then how many heads it dead-lettered; one row of NULLs and that
+    /// count when it claimed none.
     claim: Stmt,
     /// $1 seq, $2 why: a claimed message that cannot be read, to the dead letters.
     quarantine: Stmt,
-    /// $1 owner, $2 ids.
+    /// $1 owner, $2 ids. Returns the streams to repair (see [`FINISHED`]).
     ack: Stmt,
     /// $1 id, $2 owner, $3 error, $4 delay (µs, NULL: forever).
     retry: Stmt,
-    /// $1 id, $2 owner, $3 error.
+    /// $1 id, $2 owner, $3 error. Returns the streams to repair (see [`FINISHED`]).
     give_up: Stmt,
     /// $1 limit.
     dead_letters: Stmt,
-    replay_all: Stmt,
-    /// $1 id.
-    replay_one: Stmt,
+    /// The dead letters' `seq`, destination and stream_id.
+    dead_all: Stmt,
+    /// $1 id: the same, for the dead letters with that id.
+    dead_one: Stmt,
+    /// $1 destinations, $2 stream ids: locks their `outbox_heads` rows, skipping those
+    /// another transaction holds. Returns the streams locked.
+    lock_heads: Stmt,
+    /// $1 destination, $2 stream id: locks its `outbox_heads` row, waiting for it.
+    lock_head: Stmt,
+    /// $1 seqs: back in line, those still dead.
+    replay: Stmt,
     purge_dead_all: Stmt,
     /// $1 id.
     purge_dead_one: Stmt,
@@ -180,45 +204,84 @@ struct Statements {
     counts: Stmt,
 }
 
+/// Lists the streams of the messages a data-modifying CTE `done` (returning their
+/// `destination` and `stream_id`) finished: their heads may be stale now, and the next
+/// claim repairs them.
+const LIST_STALE: &str = "INSERT INTO {schema}.outbox_stale (destination, stream_id) \
+     SELECT DISTINCT destination, stream_id FROM done";
+
+/// The end of a statement that finished messages (`done`, as for [`LIST_STALE`]) and
+/// repairs their streams' heads itself, in the next statement of its transaction:
+/// locks their rows in `outbox_heads` and returns them; those another transaction
+/// holds (an append not yet committed, a repair) are listed for a later claim instead.
+/// It never waits for a row of `outbox_heads`.
+const FINISHED: &str = "g AS (SELECT DISTINCT destination, stream_id FROM done), \
+     l AS (SELECT h.destination, h.stream_id FROM {schema}.outbox_heads h \
+       JOIN g ON h.destination = g.destination AND h.stream_id = g.stream_id \
+       FOR NO KEY UPDATE OF h SKIP LOCKED), \
+     listed AS (INSERT INTO {schema}.outbox_stale (destination, stream_id) \
+       SELECT destination, stream_id FROM g EXCEPT SELECT destination, stream_id FROM l) \
+     SELECT destination, stream_id FROM l";
+
+// Why a stream never ends up without a head (a pending message no claim can reach):
+//
+// * `outbox_heads.seq` is NULL only when the stream has no pending message. Appends
+//   lock their streams' rows (`schema::OUTBOX_HEADS`) and set a NULL head on the row's
+//   latest version, and hold the lock until they commit or roll back.
+// * A repair (after an acknowledgement or failure, by a claim for a listed stream, by a
+//   replay) first locks the row (skipping a held one and listing the stream instead),
+//   then, in a later statement whose snapshot shows every append that committed before
+//   the lock, moves the head to the oldest pending message. No append of the stream is
+//   in flight meanwhile, so "none" is right.
+// * Whatever finishes a message takes no lock: the head it leaves behind is stale (at
+//   most the oldest pending message, so still in order), and the finishing statement
+//   either repairs the stream in its transaction or lists it in `outbox_stale`, which
+//   every claim repairs first. A repair that picks a message being finished at the same
+//   time leaves it stale the same way: that message's finisher repairs or lists it.
+// * Messages only become pending again by a replay, which locks the rows (waiting) and
+//   repairs, so an older replayed message becomes the head.
 impl Statements {
     fn new(store: &PgEventStore) -> Self {
         let schema = store.schema();
-        let st = |sql: &str| Stmt::new(&sql.replace("{is_head}", IS_HEAD), schema);
-        // The claim, in one statement (see the crate docs, "Outbox"):
+        let st = |sql: &str| Stmt::new(sql, schema);
+        // The claim's statement (see the crate docs, "Outbox"), run after the repair
+        // of the listed stale heads, in the same transaction:
         //
-        // * `claims`: the first `$2` claimable heads in `seq` order (pending, not
-        //   leased, due, under the attempt limit, and first pending message of their
-        //   (destination, stream) in the statement's snapshot), locked. A row another
-        //   transaction holds is skipped; a row changed by one that committed since
-        //   the snapshot is re-checked on its latest version (READ COMMITTED), so a
-        //   message leased, acknowledged or failed meanwhile is not taken.
-        // * `expired`: the heads due again after their last attempt that come before
-        //   the `$2`-th claim (all of them when there are fewer claims), locked the
-        //   same way; `dead` moves them to the dead-letter queue.
-        // * the UPDATE leases the claims, counting an attempt.
+        // * `cand`: the first `$2` available heads in `seq` order (the messages
+        //   `outbox_heads` names that are pending, not leased and due), locked. The walk
+        //   reads only heads: those it takes, and those it passes (leased, not due, or
+        //   stale: finished since the last repair). A row another transaction holds is
+        //   skipped; a row changed by one that committed since the snapshot is
+        //   re-checked on its latest version (READ COMMITTED), so a message leased,
+        //   acknowledged or failed meanwhile is not taken. The join's `+ 0` keeps the
+        //   planner from walking the outbox in `seq` order instead of the heads.
+        // * `done`: those due again after their last attempt (`over`) go to the
+        //   dead-letter queue, and their streams are listed for the next repair; the
+        //   caller then claims again for the room they took (passing over `$5`, what it
+        //   claimed already), as a walk that skipped them would have gone on.
+        // * `claimed`: the others are leased, counting an attempt.
         let claim = format!(
-            "WITH claims AS (\
-               SELECT o.seq FROM {{schema}}.outbox o \
-               WHERE o.status = 'pending' AND o.attempts < $4 AND {AVAILABLE} AND {{is_head}} \
-               ORDER BY o.seq LIMIT $2 \
+            "WITH cand AS (\
+               SELECT o.seq, o.attempts >= $4 AS over FROM {{schema}}.outbox_heads h \
+               JOIN {{schema}}.outbox o ON o.seq = h.seq + 0 \
+               WHERE h.seq IS NOT NULL AND o.status = 'pending' AND {AVAILABLE} \
+                 AND o.seq <> ALL($5::int8[]) \
+               ORDER BY h.seq LIMIT $2 \
                FOR NO KEY UPDATE OF o SKIP LOCKED), \
-             bound AS (\
-               SELECT CASE WHEN count(*) >= $2 THEN max(seq) ELSE 9223372036854775807 END AS seq \
-               FROM claims), \
-             expired AS (\
-               SELECT o.seq FROM {{schema}}.outbox o \
-               WHERE o.status = 'pending' AND o.attempts >= $4 AND {AVAILABLE} \
-                 AND o.seq < (SELECT seq FROM bound) AND {{is_head}} \
-               FOR NO KEY UPDATE OF o SKIP LOCKED), \
-             dead AS (\
+             done AS (\
                UPDATE {{schema}}.outbox o SET status = 'dead', lease_owner = NULL, \
                  lease_until = NULL, finished_at = statement_timestamp(), \
                  last_error = COALESCE(o.last_error, '{LEASE_EXPIRED}') \
-               WHERE o.seq = ANY(ARRAY(SELECT seq FROM expired))) \
-             UPDATE {{schema}}.outbox o SET attempts = o.attempts + 1, lease_owner = $1, \
-               lease_until = {lease} \
-             WHERE o.seq = ANY(ARRAY(SELECT seq FROM claims)) \
-             RETURNING {returning}, o.attempts",
+               WHERE o.seq = ANY(ARRAY(SELECT seq FROM cand WHERE over)) \
+               RETURNING o.destination, o.stream_id), \
+             listed AS ({LIST_STALE}), \
+             claimed AS (\
+               UPDATE {{schema}}.outbox o SET attempts = o.attempts + 1, lease_owner = $1, \
+                 lease_until = {lease} \
+               WHERE o.seq = ANY(ARRAY(SELECT seq FROM cand WHERE NOT over)) \
+               RETURNING {returning}, o.attempts) \
+             SELECT c.*, k.n FROM (SELECT count(*) AS n FROM done) k \
+             LEFT JOIN claimed c ON true",
             lease = later("statement_timestamp()", 3),
             returning = qualified(MESSAGE_COLUMNS, "o"),
         );
@@ -232,24 +295,70 @@ impl Statements {
                  AND status = 'pending' AND lease_owner = ${owner}"
             )
         };
+        // The streams to repair, locked, and their entries in `outbox_stale` deleted.
+        // `SKIP LOCKED`: a stream whose row is held (by an append not yet committed, or
+        // by another claim's repair) keeps its entries for a later claim.
+        let stale = "WITH q AS (SELECT DISTINCT destination, stream_id FROM {schema}.outbox_stale), \
+             l AS (SELECT h.destination, h.stream_id FROM {schema}.outbox_heads h \
+               JOIN q ON h.destination = q.destination AND h.stream_id = q.stream_id \
+               FOR NO KEY UPDATE OF h SKIP LOCKED), \
+             gone AS (DELETE FROM {schema}.outbox_stale s USING l \
+               WHERE s.destination = l.destination AND s.stream_id = l.stream_id) \
+             SELECT destination, stream_id FROM l";
+        // The repair of streams whose `outbox_heads` rows the transaction holds, in a
+        // statement of its own: its snapshot, taken once the rows were locked, shows
+        // every message written to those streams (a write takes the row first, see
+        // `schema::OUTBOX_HEADS`, and holds it until it commits), so the oldest pending
+        // message is the head, or stale (finished meanwhile, which takes no lock, and
+        // lists the stream for a later repair). A head is never after the oldest
+        // pending message, so the search starts at it (`{from}`), past the index
+        // entries of the stream's finished messages; except after a replay, which puts
+        // older messages back.
+        let repair = |from: &str| {
+            format!(
+                "WITH n AS MATERIALIZED (SELECT h.destination, h.stream_id, \
+                   (SELECT min(p.seq) FROM {{schema}}.outbox p WHERE p.status = 'pending' \
+                     AND p.destination = h.destination AND p.stream_id = h.stream_id{from}) \
+                     AS new \
+                   FROM {{schema}}.outbox_heads h \
+                   JOIN (SELECT DISTINCT d, s FROM unnest($1::text[], $2::text[]) AS g(d, s)) g \
+                     ON h.destination = g.d AND h.stream_id = g.s) \
+                 UPDATE {{schema}}.outbox_heads h SET seq = n.new FROM n \
+                 WHERE h.destination = n.destination AND h.stream_id = n.stream_id \
+                   AND h.seq IS DISTINCT FROM n.new"
+            )
+        };
+        let dead = |filter: &str| {
+            format!(
+                "SELECT seq, destination, stream_id FROM {{schema}}.outbox \
+                 WHERE status = 'dead'{filter} ORDER BY seq"
+            )
+        };
         Statements {
+            stale: st(stale),
+            repair: st(&repair(" AND p.seq >= COALESCE(h.seq, 0)")),
+            repair_all: st(&repair("")),
             claim: st(&claim),
-            quarantine: st(
-                "UPDATE {schema}.outbox SET status = 'dead', lease_owner = NULL, \
+            quarantine: st(&format!(
+                "WITH done AS (UPDATE {{schema}}.outbox SET status = 'dead', lease_owner = NULL, \
                    lease_until = NULL, finished_at = statement_timestamp(), last_error = $2 \
-                 WHERE seq = $1",
-            ),
+                 WHERE seq = $1 RETURNING destination, stream_id) {LIST_STALE}"
+            )),
             // An id given k times marks the first k messages with that id the owner
             // holds, as the memory store's loop over the ids does.
-            ack: st("WITH held AS (\
-                   SELECT o.seq, row_number() OVER (PARTITION BY o.id ORDER BY o.seq) AS rn, \
-                     (SELECT count(*) FROM unnest($2::uuid[]) AS w(id) WHERE w.id = o.id) AS k \
-                   FROM {schema}.outbox o \
-                   WHERE o.id = ANY($2::uuid[]) AND o.status = 'pending' AND o.lease_owner = $1) \
-                 UPDATE {schema}.outbox o SET status = 'delivered', lease_owner = NULL, \
+            ack: st(&format!(
+                "WITH want AS (SELECT id, count(*) AS k FROM unnest($2::uuid[]) AS w(id) \
+                   GROUP BY id), \
+                 held AS (\
+                   SELECT o.seq, row_number() OVER (PARTITION BY o.id ORDER BY o.seq) AS rn, w.k \
+                   FROM want w JOIN {{schema}}.outbox o ON o.id = w.id \
+                   WHERE o.status = 'pending' AND o.lease_owner = $1), \
+                 done AS (UPDATE {{schema}}.outbox o SET status = 'delivered', lease_owner = NULL, \
                    lease_until = NULL, finished_at = statement_timestamp() \
                  WHERE o.seq = ANY(ARRAY(SELECT seq FROM held WHERE rn <= k)) \
-                   AND o.status = 'pending' AND o.lease_owner = $1"),
+                   AND o.status = 'pending' AND o.lease_owner = $1 \
+                 RETURNING o.destination, o.stream_id), {FINISHED}"
+            )),
             retry: st(&format!(
                 "UPDATE {{schema}}.outbox SET lease_owner = NULL, lease_until = NULL, \
                    last_error = $3, next_attempt_at = {due} \
@@ -258,26 +367,31 @@ impl Statements {
                 held = held(1, 2),
             )),
             give_up: st(&format!(
-                "UPDATE {{schema}}.outbox SET lease_owner = NULL, lease_until = NULL, \
-                   last_error = $3, status = 'dead', finished_at = statement_timestamp() \
-                 WHERE {held}",
+                "WITH done AS (UPDATE {{schema}}.outbox SET lease_owner = NULL, \
+                   lease_until = NULL, last_error = $3, status = 'dead', \
+                   finished_at = statement_timestamp() \
+                 WHERE {held} RETURNING destination, stream_id), {FINISHED}",
                 held = held(1, 2),
             )),
             dead_letters: st(&format!(
                 "SELECT {MESSAGE_COLUMNS}, attempts, last_error, finished_at \
                  FROM {{schema}}.outbox WHERE status = 'dead' ORDER BY seq LIMIT $1"
             )),
-            replay_all: st(
-                "UPDATE {schema}.outbox SET status = 'pending', attempts = 0, \
-                   next_attempt_at = statement_timestamp(), lease_owner = NULL, \
-                   lease_until = NULL, finished_at = NULL \
-                 WHERE status = 'dead'",
+            dead_all: st(&dead("")),
+            dead_one: st(&dead(" AND id = $1")),
+            lock_heads: st(
+                "SELECT h.destination, h.stream_id FROM {schema}.outbox_heads h \
+                 JOIN (SELECT DISTINCT d, s FROM unnest($1::text[], $2::text[]) AS g(d, s)) g \
+                   ON h.destination = g.d AND h.stream_id = g.s \
+                 FOR NO KEY UPDATE OF h SKIP LOCKED",
             ),
-            replay_one: st(
+            lock_head: st("SELECT 1 FROM {schema}.outbox_heads \
+                 WHERE destination = $1 AND stream_id = $2 FOR NO KEY UPDATE"),
+            replay: st(
                 "UPDATE {schema}.outbox SET status = 'pending', attempts = 0, \
                    next_attempt_at = statement_timestamp(), lease_owner = NULL, \
                    lease_until = NULL, finished_at = NULL \
-                 WHERE id = $1 AND status = 'dead'",
+                 WHERE seq = ANY($1) AND status = 'dead'",
             ),
             purge_dead_all: st("DELETE FROM {schema}.outbox WHERE status = 'dead'"),
             purge_dead_one: st("DELETE FROM {schema}.outbox WHERE id = $1 AND status = 'dead'"),
@@ -358,42 +472,70 @@ impl PgOutboxStore {
         }
         let max_attempts = i32::try_from(max_attempts.max(1)).unwrap_or(i32::MAX);
         // READ COMMITTED whatever the server's default, since the statement relies on
-        // its re-check of rows changed meanwhile; no JIT, since the planner's estimate
-        // for the walk (which stops at the limit) can exceed `jit_above_cost`, and
-        // compiling would cost more than the whole claim.
+        // its re-check of rows changed meanwhile, and the repair on a snapshot per
+        // statement; no JIT, since the planner's estimate for the walk (which stops at
+        // the limit) can exceed `jit_above_cost`, and compiling would cost more than the
+        // whole claim. No sequential or bitmap scan and no sort either: the planner
+        // cannot know that the walk over the heads in `seq` order stops after about
+        // `limit` of them, and may prefer reading every head and sorting.
         let mut tx = self
             .pool()
-            .begin_with("BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL jit = off")
+            .begin_with(
+                "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL jit = off; \
+                 SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off; \
+                 SET LOCAL enable_sort = off",
+            )
             .await
             .map_err(|e| self.map(e))?;
-        let rows = sqlx::query(self.sql.claim.sql())
-            .bind(owner)
-            .bind(limit_i64(limit))
-            .bind(ttl_micros(lease))
-            .bind(max_attempts)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(|e| self.map(e))?;
-        let mut claimed = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let seq = seq_of(row)?;
-            let read = read_message(row).and_then(|message| {
-                let attempt = attempts(row, MESSAGE_COLUMN_COUNT, seq)?;
-                Ok(Claimed { message, attempt })
-            });
-            match read {
-                Ok(c) => claimed.push((seq, c)),
-                Err(e) => {
-                    // A row damaged outside the crate can never be delivered: it goes
-                    // to the dead-letter queue, saying why, and the others are claimed.
-                    tracing::warn!(seq, error = %e, "outbox message moved to the dead-letter queue: it cannot be read");
-                    sqlx::query(self.sql.quarantine.sql())
-                        .bind(seq)
-                        .bind(storable_text(&e.to_string()).as_ref())
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(|e| self.map(e))?;
+        self.repair_stale(&mut tx).await?;
+        let mut claimed = Vec::with_capacity(limit.min(1024));
+        // Seqs claimed by the earlier rounds of this claim.
+        let mut taken: Vec<i64> = Vec::new();
+        loop {
+            let room = limit - taken.len();
+            let rows = sqlx::query(self.sql.claim.sql())
+                .bind(owner)
+                .bind(limit_i64(room))
+                .bind(ttl_micros(lease))
+                .bind(max_attempts)
+                .bind(&taken)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(|e| self.map(e))?;
+            let mut dead_lettered = 0;
+            for row in &rows {
+                dead_lettered = row
+                    .try_get::<i64, _>(MESSAGE_COLUMN_COUNT + 1)
+                    .map_err(|e| self.map(e))?;
+                // The row of NULLs of a round that claimed nothing.
+                let Some(seq) = row.try_get::<Option<i64>, _>(0).ok().flatten() else {
+                    continue;
+                };
+                taken.push(seq);
+                let read = read_message(row).and_then(|message| {
+                    let attempt = attempts(row, MESSAGE_COLUMN_COUNT, seq)?;
+                    Ok(Claimed { message, attempt })
+                });
+                match read {
+                    Ok(c) => claimed.push((seq, c)),
+                    Err(e) => {
+                        // A row damaged outside the crate can never be delivered: it
+                        // goes to the dead-letter queue, saying why, and the others are
+                        // claimed.
+                        tracing::warn!(seq, error = %e, "outbox message moved to the dead-letter queue: it cannot be read");
+                        sqlx::query(self.sql.quarantine.sql())
+                            .bind(seq)
+                            .bind(storable_text(&e.to_string()).as_ref())
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(|e| self.map(e))?;
+                    }
                 }
+            }
+            // Heads dead-lettered took room that later heads may fill: claim again,
+            // past what this claim took (a walk that skipped them would have gone on).
+            if dead_lettered == 0 || taken.len() >= limit {
+                break;
             }
         }
         tx.commit().await.map_err(|e| self.map(e))?;
@@ -401,18 +543,26 @@ impl PgOutboxStore {
         Ok(claimed.into_iter().map(|(_, c)| c).collect())
     }
 
+    /// Runs `q`, a statement that finishes messages and ends with [`FINISHED`], then
+    /// repairs the heads of the streams it locked, in one transaction.
+    async fn finish(
+        &self,
+        q: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> Result<()> {
+        let mut tx = self.begin().await?;
+        let rows = q.fetch_all(&mut *tx).await.map_err(|e| self.map(e))?;
+        self.repair_rows(&mut tx, &rows).await?;
+        tx.commit().await.map_err(|e| self.map(e))?;
+        Ok(())
+    }
+
     async fn ack_messages(&self, owner: &str, ids: &[Uuid]) -> Result<()> {
         if ids.is_empty() || owner.contains('\0') {
             // Nothing to mark; a name with a NUL never held anything.
             return Ok(());
         }
-        sqlx::query(self.sql.ack.sql())
-            .bind(owner)
-            .bind(ids)
-            .execute(self.pool())
+        self.finish(sqlx::query(self.sql.ack.sql()).bind(owner).bind(ids))
             .await
-            .map_err(|e| self.map(e))?;
-        Ok(())
     }
 
     async fn fail_message(
@@ -426,7 +576,7 @@ impl PgOutboxStore {
             return Ok(());
         }
         let error = storable_text(error);
-        let q = match retry_at {
+        match retry_at {
             Some(at) => {
                 // The caller's clock says how long to wait; the server's says from when.
                 let delay = (at - Utc::now()).to_std().unwrap_or(Duration::ZERO);
@@ -435,14 +585,21 @@ impl PgOutboxStore {
                     .bind(owner)
                     .bind(error.as_ref())
                     .bind(ttl_micros(delay))
+                    .execute(self.pool())
+                    .await
+                    .map_err(|e| self.map(e))?;
+                Ok(())
             }
-            None => sqlx::query(self.sql.give_up.sql())
-                .bind(id)
-                .bind(owner)
-                .bind(error.as_ref()),
-        };
-        q.execute(self.pool()).await.map_err(|e| self.map(e))?;
-        Ok(())
+            None => {
+                self.finish(
+                    sqlx::query(self.sql.give_up.sql())
+                        .bind(id)
+                        .bind(owner)
+                        .bind(error.as_ref()),
+                )
+                .await
+            }
+        }
     }
 
     async fn read_dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>> {
@@ -475,13 +632,88 @@ impl PgOutboxStore {
     }
 
     async fn replay_messages(&self, id: Option<Uuid>) -> Result<u64> {
-        let done = match id {
-            Some(id) => sqlx::query(self.sql.replay_one.sql()).bind(id),
-            None => sqlx::query(self.sql.replay_all.sql()),
+        // The dead letters to replay, and their streams.
+        let rows = match id {
+            Some(id) => sqlx::query(self.sql.dead_one.sql()).bind(id),
+            None => sqlx::query(self.sql.dead_all.sql()),
         }
-        .execute(self.pool())
+        .fetch_all(self.pool())
         .await
         .map_err(|e| self.map(e))?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let mut dead: BTreeMap<(String, String), Vec<i64>> = BTreeMap::new();
+        for row in &rows {
+            let seq: i64 = row.try_get(0).map_err(|e| self.map(e))?;
+            let destination: String = row.try_get(1).map_err(|e| self.map(e))?;
+            let stream: String = row.try_get(2).map_err(|e| self.map(e))?;
+            dead.entry((destination, stream)).or_default().push(seq);
+        }
+        // Each stream's row in `outbox_heads` is locked before its letters go back in
+        // line, so that no append or repair moves its head meanwhile, and the repair
+        // sees every message written to it. First the streams nobody holds, in one
+        // transaction that never waits for a row of `outbox_heads`; then the others
+        // (held by an append not yet committed, or a claim's repair), one transaction
+        // each, waiting for the one row: a transaction that holds several of these rows
+        // never waits for another (an append in a caller's transaction may hold some
+        // and wait for more), so replays never deadlock with appends.
+        let (destinations, streams): (Vec<&str>, Vec<&str>) =
+            dead.keys().map(|(d, s)| (d.as_str(), s.as_str())).unzip();
+        let mut tx = self.begin().await?;
+        let locked = sqlx::query(self.sql.lock_heads.sql())
+            .bind(&destinations)
+            .bind(&streams)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(|e| self.map(e))?;
+        let mut group = Vec::with_capacity(locked.len());
+        for row in &locked {
+            let destination: String = row.try_get(0).map_err(|e| self.map(e))?;
+            let stream: String = row.try_get(1).map_err(|e| self.map(e))?;
+            group.push((destination, stream));
+        }
+        let mut total = 0;
+        let now: Vec<_> = group.iter().filter_map(|k| dead.remove_entry(k)).collect();
+        if !now.is_empty() {
+            total += self.replay_locked(&mut tx, &now).await?;
+        }
+        tx.commit().await.map_err(|e| self.map(e))?;
+        for (key, seqs) in dead {
+            let mut tx = self.begin().await?;
+            sqlx::query(self.sql.lock_head.sql())
+                .bind(&key.0)
+                .bind(&key.1)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.map(e))?;
+            total += self.replay_locked(&mut tx, &[(key, seqs)]).await?;
+            tx.commit().await.map_err(|e| self.map(e))?;
+        }
+        Ok(total)
+    }
+
+    /// Puts the dead letters `seqs` (those still dead) of streams whose `outbox_heads`
+    /// rows `tx` holds back in line, and repairs those streams' heads: a replayed
+    /// message older than its stream's head becomes the head again.
+    async fn replay_locked(
+        &self,
+        conn: &mut PgConnection,
+        letters: &[((String, String), Vec<i64>)],
+    ) -> Result<u64> {
+        let seqs: Vec<i64> = letters
+            .iter()
+            .flat_map(|(_, s)| s.iter().copied())
+            .collect();
+        let done = sqlx::query(self.sql.replay.sql())
+            .bind(&seqs)
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| self.map(e))?;
+        let destinations: Vec<String> = letters.iter().map(|((d, _), _)| d.clone()).collect();
+        let streams: Vec<String> = letters.iter().map(|((_, s), _)| s.clone()).collect();
+        self.repair_with(&self.sql.repair_all, conn, &destinations, &streams)
+            .await?;
         Ok(done.rows_affected())
     }
 
@@ -494,6 +726,71 @@ impl PgOutboxStore {
         .await
         .map_err(|e| self.map(e))?;
         Ok(done.rows_affected())
+    }
+
+    /// A `READ COMMITTED` transaction (whatever the server's default), in which each
+    /// statement sees what committed before it started: a repair relies on it.
+    async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+        self.pool()
+            .begin_with("BEGIN ISOLATION LEVEL READ COMMITTED")
+            .await
+            .map_err(|e| self.map(e))
+    }
+
+    /// Repairs the listed stale heads that no other transaction holds (see
+    /// [`Statements::stale`]).
+    async fn repair_stale(&self, conn: &mut PgConnection) -> Result<()> {
+        let rows = sqlx::query(self.sql.stale.sql())
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(|e| self.map(e))?;
+        self.repair_rows(conn, &rows).await
+    }
+
+    /// Repairs the streams of `rows` (destination, stream_id), whose `outbox_heads` rows
+    /// the transaction holds.
+    async fn repair_rows(&self, conn: &mut PgConnection, rows: &[PgRow]) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut destinations = Vec::with_capacity(rows.len());
+        let mut streams = Vec::with_capacity(rows.len());
+        for row in rows {
+            destinations.push(row.try_get::<String, _>(0).map_err(|e| self.map(e))?);
+            streams.push(row.try_get::<String, _>(1).map_err(|e| self.map(e))?);
+        }
+        self.repair(conn, &destinations, &streams).await
+    }
+
+    /// Moves the heads of the given streams, whose `outbox_heads` rows the transaction
+    /// holds, to their oldest pending messages. A statement of its own, after the
+    /// locks: see [`Statements::repair`].
+    async fn repair(
+        &self,
+        conn: &mut PgConnection,
+        destinations: &[String],
+        streams: &[String],
+    ) -> Result<()> {
+        self.repair_with(&self.sql.repair, conn, destinations, streams)
+            .await
+    }
+
+    /// [`repair`](Self::repair) with `stmt`: [`Statements::repair`] or
+    /// [`Statements::repair_all`].
+    async fn repair_with(
+        &self,
+        stmt: &Stmt,
+        conn: &mut PgConnection,
+        destinations: &[String],
+        streams: &[String],
+    ) -> Result<()> {
+        sqlx::query(stmt.sql())
+            .bind(destinations)
+            .bind(streams)
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| self.map(e))?;
+        Ok(())
     }
 
     async fn purge_delivered_messages(&self, older_than: Duration) -> Result<u64> {

@@ -230,6 +230,8 @@ const OUTBOX_RETURNING: &str =
 // event order, then route order. Everything else is copied from the inserted events,
 // so a message exists exactly when its event does. Each message gets its `seq` after
 // the stream's row was locked (`st`), so a stream's messages are in version order.
+// `oh` then gives each destination's stream a head if it has none (see
+// [`OUTBOX_HEADS`]).
 const APPEND_OUTBOX: &str = ", ob AS (INSERT INTO {schema}.outbox \
      (id, destination, stream_id, event_id, event_type, stream_version, tx, position, codec, \
      payload, metadata, created_at, next_attempt_at) \
@@ -238,7 +240,29 @@ const APPEND_OUTBOX: &str = ", ob AS (INSERT INTO {schema}.outbox \
      FROM st CROSS JOIN unnest(${p}::int8[], ${q}::text[], ${r}::uuid[]) \
      WITH ORDINALITY AS m(ev, destination, id, ord) \
      JOIN ins i ON i.version = st.version - $3 + m.ev \
-     ORDER BY m.ord) ";
+     ORDER BY m.ord \
+     RETURNING seq, destination, stream_id), \
+     oh AS ({heads}) ";
+
+/// The heads of the streams a write of outbox messages (`ob`, returning their `seq`,
+/// `destination` and `stream_id`) added to: the write takes each (destination,
+/// stream)'s row in `outbox_heads`, creating it for a new stream, and makes its first
+/// message the head of one that has no pending message (`seq` NULL).
+///
+/// An `ON CONFLICT DO UPDATE` locks the row even when its `WHERE` is false, and decides
+/// on the row's latest version once locked (in READ COMMITTED; a stricter isolation
+/// level fails with a serialization error instead), never on the statement's snapshot,
+/// which may predate the repair that found the stream empty. The lock, held to the end
+/// of the transaction, keeps repairs away from the stream until the messages are
+/// committed or rolled back (a repair that ran before the commit could not see them and
+/// would find the stream empty): see [`PgOutboxStore`](crate::PgOutboxStore). Rows are
+/// locked in one order.
+pub(crate) const OUTBOX_HEADS: &str = "INSERT INTO {schema}.outbox_heads AS h \
+     (destination, stream_id, seq) \
+     SELECT destination, stream_id, min(seq) FROM ob GROUP BY destination, stream_id \
+     ORDER BY destination, stream_id \
+     ON CONFLICT (destination, stream_id) DO UPDATE SET seq = EXCLUDED.seq \
+     WHERE h.seq IS NULL";
 
 /// Renders the insert and result of one append statement, with or without the
 /// outbox's messages (whose parameters start at `first_outbox_param`).
@@ -257,6 +281,7 @@ fn append_tail(shape: Shape, outbox: Option<usize>) -> String {
         };
     };
     let ob = APPEND_OUTBOX
+        .replace("{heads}", OUTBOX_HEADS)
         .replace("{p}", &p.to_string())
         .replace("{q}", &(p + 1).to_string())
         .replace("{r}", &(p + 2).to_string());
@@ -413,16 +438,33 @@ impl Statements {
                 append(APPEND_NEW_ST, true),
                 append(APPEND_EXISTING_ST, true),
             ],
-            outbox_insert: st("INSERT INTO {schema}.outbox \
-                 (id, destination, stream_id, event_id, event_type, stream_version, tx, position, \
-                 codec, payload, metadata, created_at, next_attempt_at) \
-                 SELECT m.id, m.destination, e.stream_id, e.event_id, e.event_type, e.version, \
-                 e.tx, e.position, COALESCE(m.codec, e.codec), COALESCE(m.payload, e.payload), \
-                 e.metadata, e.recorded_at, statement_timestamp() \
-                 FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::bytea[]) \
-                 WITH ORDINALITY AS m(id, destination, event_id, codec, payload, ord) \
-                 JOIN {schema}.events e ON e.event_id = m.event_id \
-                 ORDER BY m.ord"),
+            // The messages of transforming routes, written by the append's second
+            // statement (its transaction holds the stream's row), with their heads as
+            // in [`APPEND_OUTBOX`]. The INSERT of the messages comes last, for the
+            // caller counts its rows: their `seq` is drawn first from the column's
+            // sequence, in `om` (evaluated after its sort, so in message order), and
+            // written explicitly.
+            outbox_insert: st(&format!(
+                "WITH om AS (\
+                   SELECT nextval((SELECT pg_get_serial_sequence('{{schema}}.outbox', 'seq'))::regclass) \
+                     AS seq, m.id, \
+                   m.destination, e.stream_id, e.event_id, e.event_type, e.version, e.tx, \
+                   e.position, COALESCE(m.codec, e.codec) AS codec, \
+                   COALESCE(m.payload, e.payload) AS payload, e.metadata, e.recorded_at \
+                   FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::bytea[]) \
+                   WITH ORDINALITY AS m(id, destination, event_id, codec, payload, ord) \
+                   JOIN {{schema}}.events e ON e.event_id = m.event_id \
+                   ORDER BY m.ord), \
+                 oh AS ({heads}) \
+                 INSERT INTO {{schema}}.outbox \
+                 (seq, id, destination, stream_id, event_id, event_type, stream_version, tx, \
+                 position, codec, payload, metadata, created_at, next_attempt_at) \
+                 OVERRIDING SYSTEM VALUE \
+                 SELECT seq, id, destination, stream_id, event_id, event_type, version, tx, \
+                 position, codec, payload, metadata, recorded_at, statement_timestamp() \
+                 FROM om",
+                heads = OUTBOX_HEADS.replace("FROM ob", "FROM om"),
+            )),
             append_lookup: st(
                 "SELECT false AS found, NULL::xid8 AS tx, NULL::bigint AS position, NULL::uuid AS event_id, \
                  NULL::text AS stream_id, \

@@ -1199,3 +1199,546 @@ async fn repeated_appends_write_no_second_message() {
         );
     }
 }
+
+/// What breaks the invariants of the outbox's heads (migration 5), one line per
+/// stream, read in one snapshot. Every (destination, stream) with messages has its row
+/// in `outbox_heads`, naming one of its messages or none (NULL); when it has pending
+/// messages, its head is one and at most the oldest of them; a head that is not pending
+/// (finished since, or gone) is stale, and its stream is listed in `outbox_stale`.
+/// `strict` (no repair pending): the head is exactly the oldest pending message, and
+/// none without one.
+async fn head_violations(store: &PgEventStore, strict: bool) -> Vec<String> {
+    let strict = if strict {
+        " OR ptr IS DISTINCT FROM oldest"
+    } else {
+        ""
+    };
+    let sql = format!(
+        "WITH g AS (SELECT DISTINCT destination, stream_id FROM {{s}}.outbox \
+           UNION SELECT destination, stream_id FROM {{s}}.outbox_heads), \
+         v AS (SELECT g.destination, g.stream_id, h.destination IS NULL AS no_row, \
+           h.seq AS ptr, p.status AS ptr_status, \
+           p.seq IS NOT NULL AND (p.destination, p.stream_id) <> (g.destination, g.stream_id) \
+             AS elsewhere, \
+           EXISTS (SELECT 1 FROM {{s}}.outbox_stale x WHERE x.destination = g.destination \
+             AND x.stream_id = g.stream_id) AS listed, \
+           (SELECT min(o.seq) FROM {{s}}.outbox o WHERE o.destination = g.destination \
+             AND o.stream_id = g.stream_id AND o.status = 'pending') AS oldest \
+           FROM g LEFT JOIN {{s}}.outbox_heads h \
+             ON h.destination = g.destination AND h.stream_id = g.stream_id \
+           LEFT JOIN {{s}}.outbox p ON p.seq = h.seq) \
+         SELECT format('%s/%s: row %s, head %s (%s), listed %s, oldest pending %s', \
+           destination, stream_id, NOT no_row, ptr, ptr_status, listed, oldest) FROM v \
+         WHERE no_row OR elsewhere \
+           OR (oldest IS NOT NULL AND (ptr IS NULL OR ptr > oldest)) \
+           OR (ptr IS NOT NULL AND ptr_status IS DISTINCT FROM 'pending' AND NOT listed){strict}"
+    );
+    sqlx::query_scalar(AssertSqlSafe(sql.replace("{s}", &store.schema().quoted())))
+        .fetch_all(store.pool())
+        .await
+        .unwrap()
+}
+
+/// Repairs every stale head, as each claim does before it claims (here: one message,
+/// put back at once with an immediate retry, which leaves it pending and the head; its
+/// attempt counts). With nothing else running, every stream's head is then exactly its
+/// oldest pending message.
+async fn repair_heads(outbox: &PgOutboxStore) {
+    let claimed = outbox
+        .claim("repair", 1, Duration::from_secs(60), u32::MAX)
+        .await
+        .unwrap();
+    for c in claimed {
+        outbox
+            .fail("repair", c.message.id, "repair", Some(Utc::now()))
+            .await
+            .unwrap();
+    }
+}
+
+/// Claims and acknowledges everything as one processor, until `left` messages are
+/// pending, checking that each stream's messages come in version order (one per stream
+/// and claim) and that every claimed message is the oldest pending one of its stream.
+/// Returns the versions delivered, per (destination, stream).
+async fn drain_in_order(
+    store: &PgEventStore,
+    outbox: &PgOutboxStore,
+    left: u64,
+) -> HashMap<(String, String), Vec<u64>> {
+    let mut delivered: HashMap<(String, String), Vec<u64>> = HashMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let claimed = outbox
+            .claim("drain", 100, Duration::from_secs(60), 1000)
+            .await
+            .unwrap();
+        if claimed.is_empty() {
+            if outbox.counts().await.unwrap().pending == left {
+                return delivered;
+            }
+            // Leases of processors that stopped: wait for them to expire.
+            assert!(tokio::time::Instant::now() < deadline, "not drained");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        }
+        let mut streams = HashSet::new();
+        for c in &claimed {
+            let m = &c.message;
+            assert!(
+                streams.insert((m.destination.clone(), m.stream_id.to_string())),
+                "two messages of {}/{} in one claim",
+                m.destination,
+                m.stream_id
+            );
+            let older: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+                "SELECT count(*) FROM {s}.outbox o WHERE o.status = 'pending' \
+                 AND o.destination = $1 AND o.stream_id = $2 AND o.seq < (\
+                   SELECT min(seq) FROM {s}.outbox WHERE id = $3 AND destination = $1)",
+                s = store.schema().quoted()
+            )))
+            .bind(&m.destination)
+            .bind(m.stream_id.as_str())
+            .bind(m.id)
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+            assert_eq!(older, 0, "{m:?} claimed before an older pending message");
+            let versions = delivered
+                .entry((m.destination.clone(), m.stream_id.to_string()))
+                .or_default();
+            if let Some(last) = versions.last() {
+                // Two routes to one destination give an event two messages.
+                assert!(*last <= m.stream_version, "{m:?} after version {last}");
+            }
+            versions.push(m.stream_version);
+        }
+        let ids: Vec<Uuid> = claimed.iter().map(|c| c.message.id).collect();
+        outbox.ack("drain", &ids).await.unwrap();
+    }
+}
+
+/// A storm of concurrent appends (through the pool, through a transforming route's
+/// second statement, and in callers' transactions that commit or roll back), claims by
+/// three processors with short leases, acknowledgements, retries, dead letters,
+/// replays and purges never leaves a stream with no head or two (checked in one
+/// snapshot, over and over, while it rages); afterwards every stream's head is its
+/// oldest pending message, and everything left is delivered in stream order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn heads_stay_one_per_stream_through_a_storm_of_appends_acks_fails_and_replays() {
+    let Some(url) = common::url() else { return };
+    let schemas = common::Schemas::new(&url);
+    let store = common::store_with(&url, &schemas, |b| b.outbox(plain_routes())).await;
+    let transforming =
+        common::other_process(&url, store.schema(), |b| b.outbox(transforming_routes())).await;
+    let streams: Arc<Vec<StreamId>> = Arc::new((0..3).map(|i| sid(&format!("S{i}-{i}"))).collect());
+    let done = CancellationToken::new();
+    let ops = Arc::new(std::sync::Mutex::new(HashMap::<&'static str, u32>::new()));
+    let count = {
+        let ops = ops.clone();
+        move |what: &'static str| *ops.lock().unwrap().entry(what).or_default() += 1
+    };
+
+    let mut writers = Vec::new();
+    for w in 0..3u64 {
+        let (store, transforming, streams) = (store.clone(), transforming.clone(), streams.clone());
+        writers.push(tokio::spawn(async move {
+            let mut rng = Rng(0x5eed_0000 + w * 7919);
+            for step in 0..50 {
+                let stream = rng.pick(&streams[..]).clone();
+                let events: Vec<NewEvent> = (0..1 + rng.below(3))
+                    .map(|i| {
+                        let t = *rng.pick(&["E", "E", "Dup"]);
+                        NewEvent::new(t, format!("{{\"w\":{w},\"step\":{step},\"i\":{i}}}"))
+                    })
+                    .collect();
+                match w {
+                    0 => {
+                        store
+                            .append(&stream, ExpectedVersion::Any, events)
+                            .await
+                            .unwrap();
+                    }
+                    1 => {
+                        transforming
+                            .append(&stream, ExpectedVersion::Any, events)
+                            .await
+                            .unwrap();
+                    }
+                    _ => {
+                        // A caller's transaction: two streams, held open a moment.
+                        let other = rng.pick(&streams[..]).clone();
+                        let mut tx = store.begin().await.unwrap();
+                        store
+                            .append_in(&mut tx, &stream, ExpectedVersion::Any, events)
+                            .await
+                            .unwrap();
+                        tokio::time::sleep(Duration::from_millis(rng.below(4))).await;
+                        if other != stream {
+                            let more =
+                                vec![NewEvent::new("E", format!("{{\"w\":{w},\"step\":{step}}}"))];
+                            store
+                                .append_in(&mut tx, &other, ExpectedVersion::Any, more)
+                                .await
+                                .unwrap();
+                        }
+                        if rng.below(4) == 0 {
+                            tx.rollback().await.unwrap();
+                        } else {
+                            tx.commit().await.unwrap();
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(rng.below(3))).await;
+            }
+        }));
+    }
+
+    let mut others = Vec::new();
+    for (p, owner) in ["p1", "p2", "p3"].into_iter().enumerate() {
+        let outbox = PgOutboxStore::new(&common::other_process(&url, store.schema(), |b| b).await);
+        let (done, count) = (done.clone(), count.clone());
+        others.push(tokio::spawn(async move {
+            let mut rng = Rng(0xc1a1_0000 + p as u64);
+            while !done.is_cancelled() {
+                let lease = Duration::from_millis(*rng.pick(&[0, 20, 200]));
+                let limit = 1 + rng.below(4) as usize;
+                let claimed = outbox.claim(owner, limit, lease, 3).await.unwrap();
+                count("claim");
+                let mut acked = Vec::new();
+                for c in claimed {
+                    let id = c.message.id;
+                    match rng.below(20) {
+                        0..=9 => acked.push(id),
+                        10..=12 => {
+                            outbox
+                                .fail(owner, id, "again", Some(Utc::now()))
+                                .await
+                                .unwrap();
+                            count("retry");
+                        }
+                        13 => {
+                            let later = Utc::now() + chrono::Duration::milliseconds(30);
+                            outbox.fail(owner, id, "later", Some(later)).await.unwrap();
+                            count("retry later");
+                        }
+                        14..=16 => {
+                            outbox.fail(owner, id, "dead", None).await.unwrap();
+                            count("dead");
+                        }
+                        _ => count("left to its lease"),
+                    }
+                }
+                if !acked.is_empty() {
+                    outbox.ack(owner, &acked).await.unwrap();
+                    count("ack");
+                }
+                tokio::time::sleep(Duration::from_millis(rng.below(3))).await;
+            }
+        }));
+    }
+    {
+        let outbox = PgOutboxStore::new(&common::other_process(&url, store.schema(), |b| b).await);
+        let (done, count) = (done.clone(), count.clone());
+        others.push(tokio::spawn(async move {
+            let mut rng = Rng(0x007e_91a1);
+            while !done.is_cancelled() {
+                let dead = outbox.dead_letters(20).await.unwrap();
+                let one = (!dead.is_empty()).then(|| rng.pick(&dead[..]).message.id);
+                match rng.below(10) {
+                    0..=3 => {
+                        if outbox.replay(one).await.unwrap() > 0 {
+                            count("replay one");
+                        }
+                    }
+                    4 | 5 => {
+                        if outbox.replay(None).await.unwrap() > 0 {
+                            count("replay all");
+                        }
+                    }
+                    6 | 7 => {
+                        if let Some(id) = one {
+                            outbox.purge_dead(Some(id)).await.unwrap();
+                            count("purge dead");
+                        }
+                    }
+                    _ => {
+                        outbox.purge_delivered(Duration::ZERO).await.unwrap();
+                        count("purge delivered");
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(2 + rng.below(5))).await;
+            }
+        }));
+    }
+    let checker = {
+        let (store, done) = (store.clone(), done.clone());
+        tokio::spawn(async move {
+            let mut checks = 0;
+            while !done.is_cancelled() {
+                let v = head_violations(&store, false).await;
+                assert!(v.is_empty(), "after {checks} checks: {v:#?}");
+                checks += 1;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            checks
+        })
+    };
+
+    for w in writers {
+        w.await.unwrap();
+    }
+    // Let the processors and the replays run on what is written a little longer.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    done.cancel();
+    for t in others {
+        t.await.unwrap();
+    }
+    let checks = checker.await.unwrap();
+    assert!(checks > 20, "{checks} checks");
+    let ops = ops.lock().unwrap().clone();
+    for what in [
+        "ack",
+        "retry",
+        "dead",
+        "replay one",
+        "replay all",
+        "purge delivered",
+    ] {
+        assert!(
+            ops.get(what).copied().unwrap_or(0) > 0,
+            "no {what}: {ops:?}"
+        );
+    }
+
+    let outbox = store.outbox_store();
+    repair_heads(&outbox).await;
+    let v = head_violations(&store, true).await;
+    assert!(v.is_empty(), "after the repair: {v:#?}");
+    outbox.replay(None).await.unwrap();
+    let v = head_violations(&store, true).await;
+    assert!(v.is_empty(), "after a replay: {v:#?}");
+    let delivered = drain_in_order(&store, &outbox, 0).await;
+    assert!(!delivered.is_empty());
+    repair_heads(&outbox).await;
+    let v = head_violations(&store, true).await;
+    assert!(v.is_empty(), "drained: {v:#?}");
+    assert_eq!(
+        scalar_i64(
+            &store,
+            "SELECT count(*) FROM {s}.outbox_heads WHERE seq IS NOT NULL"
+        )
+        .await,
+        0
+    );
+}
+
+/// A message appended in a transaction still open when its stream's last pending
+/// message is acknowledged (which empties the stream as far as the acknowledgement can
+/// see) becomes the stream's head once the transaction commits; one that rolls back
+/// leaves the stream empty and its next message the head.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_append_in_flight_when_its_stream_empties_becomes_its_head() {
+    let Some(url) = common::url() else { return };
+    let schemas = common::Schemas::new(&url);
+    let store = common::store_with(&url, &schemas, |b| {
+        b.outbox(Outbox::new().route(Route::all("out")).unwrap())
+    })
+    .await;
+    let outbox = store.outbox_store();
+    let lease = Duration::from_secs(60);
+    let stream = sid("Race-1");
+    for (n, commit) in [(1, true), (3, false), (4, true)] {
+        store
+            .append(&stream, ExpectedVersion::Any, vec![ev("E", n)])
+            .await
+            .unwrap();
+        let head = outbox.claim("p", 10, lease, 5).await.unwrap();
+        assert_eq!(head.len(), 1);
+        let mut tx = store.begin().await.unwrap();
+        store
+            .append_in(&mut tx, &stream, ExpectedVersion::Any, vec![ev("E", n + 1)])
+            .await
+            .unwrap();
+        // The last pending message the acknowledgement can see.
+        outbox.ack("p", &[head[0].message.id]).await.unwrap();
+        assert!(head_violations(&store, false).await.is_empty());
+        if commit {
+            tx.commit().await.unwrap();
+            let next = outbox.claim("p", 10, lease, 5).await.unwrap();
+            assert_eq!(next.len(), 1, "the message appended meanwhile is the head");
+            outbox.ack("p", &[next[0].message.id]).await.unwrap();
+        } else {
+            tx.rollback().await.unwrap();
+            assert!(outbox.claim("p", 10, lease, 5).await.unwrap().is_empty());
+        }
+        assert!(head_violations(&store, false).await.is_empty());
+    }
+    repair_heads(&outbox).await;
+    assert!(head_violations(&store, true).await.is_empty());
+    assert_eq!(outbox.counts().await.unwrap().pending, 0);
+}
+
+/// A dead letter replayed while a later message of its stream is in flight, or waits
+/// for a retry, is its stream's head again: the next claim takes it, and the message
+/// after the in-flight one waits for both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replayed_older_dead_letter_becomes_its_streams_head_again() {
+    let Some(url) = common::url() else { return };
+    let schemas = common::Schemas::new(&url);
+    let store = common::store_with(&url, &schemas, |b| {
+        b.outbox(Outbox::new().route(Route::all("out")).unwrap())
+    })
+    .await;
+    let outbox = store.outbox_store();
+    let lease = Duration::from_secs(60);
+    let versions = |c: &[Claimed]| -> Vec<(String, u64)> {
+        c.iter()
+            .map(|c| (c.message.stream_id.to_string(), c.message.stream_version))
+            .collect()
+    };
+    let v = |s: &str, n: u64| (s.to_owned(), n);
+    for s in ["Flight-1", "Retry-1"] {
+        store
+            .append(
+                &sid(s),
+                ExpectedVersion::NoStream,
+                vec![ev("E", 1), ev("E", 2), ev("E", 3)],
+            )
+            .await
+            .unwrap();
+    }
+    let first = outbox.claim("p", 10, lease, 5).await.unwrap();
+    assert_eq!(versions(&first), [v("Flight-1", 1), v("Retry-1", 1)]);
+    for c in &first {
+        outbox.fail("p", c.message.id, "boom", None).await.unwrap();
+    }
+    let second = outbox.claim("p", 10, lease, 5).await.unwrap();
+    assert_eq!(versions(&second), [v("Flight-1", 2), v("Retry-1", 2)]);
+    // Flight-1 v2 stays in flight; Retry-1 v2 waits for a retry in an hour.
+    let in_an_hour = Utc::now() + chrono::Duration::hours(1);
+    outbox
+        .fail("p", second[1].message.id, "later", Some(in_an_hour))
+        .await
+        .unwrap();
+    assert!(outbox.claim("q", 10, lease, 5).await.unwrap().is_empty());
+
+    for c in &first {
+        assert_eq!(outbox.replay(Some(c.message.id)).await.unwrap(), 1);
+    }
+    assert!(head_violations(&store, true).await.is_empty());
+    let replayed = outbox.claim("q", 10, lease, 5).await.unwrap();
+    assert_eq!(versions(&replayed), [v("Flight-1", 1), v("Retry-1", 1)]);
+    let ids: Vec<Uuid> = replayed.iter().map(|c| c.message.id).collect();
+    outbox.ack("q", &ids).await.unwrap();
+    // v2 of both still holds back v3: in flight, and not due.
+    assert!(outbox.claim("q", 10, lease, 5).await.unwrap().is_empty());
+    outbox.ack("p", &[second[0].message.id]).await.unwrap();
+    let third = outbox.claim("q", 10, lease, 5).await.unwrap();
+    assert_eq!(versions(&third), [v("Flight-1", 3)]);
+    assert!(head_violations(&store, true).await.is_empty());
+}
+
+/// An outbox filled before migration 5 (delivered, dead, leased and pending messages,
+/// interleaved across streams) gets its heads from the migration: claims then take
+/// each stream's oldest pending message, in order, and a replay puts the older dead
+/// letters back at the front.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_outbox_filled_before_migration_5_is_claimed_in_order_after_it() {
+    let Some(url) = common::url() else { return };
+    let schemas = common::Schemas::new(&url);
+    let schema = common::random_schema();
+    schemas.add(schema.clone());
+    let store = PgEventStore::builder(&url)
+        .schema(schema.as_str())
+        .outbox(Outbox::new().route(Route::all("out")).unwrap())
+        .build()
+        .await
+        .unwrap();
+    // The schema as migrations 1 to 4 left it.
+    let q = schema.quoted();
+    exec(
+        &store,
+        &format!(
+            "CREATE SCHEMA {q}; CREATE TABLE {q}.mink_migrations (version integer PRIMARY KEY, \
+             name text NOT NULL, checksum text NOT NULL, \
+             applied_at timestamptz NOT NULL DEFAULT statement_timestamp())"
+        ),
+    )
+    .await;
+    for m in mink_postgres::MIGRATIONS.iter().filter(|m| m.version < 5) {
+        exec(&store, &m.sql.replace("{schema}", &q)).await;
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO {q}.mink_migrations (version, name, checksum) VALUES ($1, $2, $3)"
+        )))
+        .bind(m.version)
+        .bind(m.name)
+        .bind(m.checksum())
+        .execute(store.pool())
+        .await
+        .unwrap();
+    }
+    // Messages as appends wrote them then, versions round by round across 4 streams:
+    // M1: v1 delivered, v2 dead, v3 to v5 pending; M2: v1 leased for an hour (holding
+    // back the rest); M3: all delivered; M4: v1 dead, v2 to v5 pending.
+    exec(
+        &store,
+        "INSERT INTO {s}.outbox (id, destination, stream_id, event_id, event_type, \
+           stream_version, tx, position, codec, payload, metadata, created_at, \
+           next_attempt_at, status, attempts, lease_owner, lease_until, finished_at) \
+         SELECT gen_random_uuid(), 'out', 'M' || st || '-1', gen_random_uuid(), 'E', v, \
+           pg_current_xact_id(), v * 10 + st, 'json', '{}'::bytea, NULL, now(), now(), \
+           x.status, CASE WHEN x.status = 'pending' AND st <> 2 THEN 0 ELSE 1 END, \
+           CASE WHEN st = 2 AND v = 1 THEN 'old' END, \
+           CASE WHEN st = 2 AND v = 1 THEN now() + interval '1 hour' END, \
+           CASE WHEN x.status <> 'pending' THEN now() END \
+         FROM generate_series(1, 5) v, generate_series(1, 4) st, LATERAL (SELECT CASE \
+           WHEN st = 1 AND v = 1 THEN 'delivered' WHEN st = 1 AND v = 2 THEN 'dead' \
+           WHEN st = 3 THEN 'delivered' WHEN st = 4 AND v = 1 THEN 'dead' \
+           ELSE 'pending' END AS status) x \
+         ORDER BY v, st",
+    )
+    .await;
+
+    let report = store.migrate().await.unwrap();
+    assert_eq!(report.applied, [5]);
+    assert!(head_violations(&store, true).await.is_empty());
+    let outbox = store.outbox_store();
+    let first = outbox
+        .claim("p", 10, Duration::from_secs(60), 5)
+        .await
+        .unwrap();
+    let got: Vec<(String, u64)> = first
+        .iter()
+        .map(|c| (c.message.stream_id.to_string(), c.message.stream_version))
+        .collect();
+    // In `seq` order: M4 v2 was written before M1 v3.
+    assert_eq!(got, [("M4-1".to_owned(), 2), ("M1-1".to_owned(), 3)]);
+    let ids: Vec<Uuid> = first.iter().map(|c| c.message.id).collect();
+    outbox.ack("p", &ids).await.unwrap();
+
+    let delivered = drain_in_order(&store, &outbox, 5).await;
+    let key = |s: &str| ("out".to_owned(), s.to_owned());
+    assert_eq!(delivered.len(), 2, "{delivered:?}");
+    assert_eq!(delivered[&key("M1-1")], [4, 5]);
+    assert_eq!(delivered[&key("M4-1")], [3, 4, 5]);
+    assert_eq!(
+        outbox.counts().await.unwrap(),
+        OutboxCounts {
+            pending: 5,
+            delivered: 13,
+            dead: 2,
+        },
+        "M2 waits for its lease"
+    );
+    assert_eq!(outbox.replay(None).await.unwrap(), 2);
+    let replayed = outbox
+        .claim("p", 10, Duration::from_secs(60), 5)
+        .await
+        .unwrap();
+    let got: Vec<(String, u64)> = replayed
+        .iter()
+        .map(|c| (c.message.stream_id.to_string(), c.message.stream_version))
+        .collect();
+    assert_eq!(got, [("M4-1".to_owned(), 1), ("M1-1".to_owned(), 2)]);
+    assert!(head_violations(&store, true).await.is_empty());
+}
