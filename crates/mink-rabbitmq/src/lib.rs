@@ -82,6 +82,9 @@
 //! separate channel), and re-publishes the messages that a closed channel failed on
 //! channels of their own, splitting them until each error is pinned on the message
 //! that caused it: only that message fails permanently; the others are delivered.
+//! When a frame races the broker's closing of a channel, the broker closes the whole
+//! connection (`CHANNEL_ERROR`); the messages that failed with it are published once
+//! more, on a fresh connection, before any is reported retryable.
 //!
 //! # Connections
 //!

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
-use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
 use lapin::types::{FieldTable, ShortString};
 use lapin::uri::{AMQPScheme, AMQPUri};
 use lapin::{
@@ -425,6 +425,10 @@ fn class(e: &lapin::Error) -> Class {
     match e.kind() {
         ErrorKind::ProtocolError(amqp) => match amqp.kind() {
             AMQPErrorKind::Soft(_) => Class::ChannelClosed,
+            // A frame sent on a channel the broker had just closed (for another
+            // message's error) makes the broker close the whole connection with
+            // CHANNEL_ERROR: this message did nothing wrong.
+            AMQPErrorKind::Hard(AMQPHardError::CHANNELERROR) => Class::ChannelClosed,
             AMQPErrorKind::Hard(_) => Class::Retryable,
         },
         ErrorKind::InvalidChannelState(..) | ErrorKind::InvalidChannel(_) => Class::ChannelClosed,
@@ -925,7 +929,39 @@ impl RabbitPublisher {
                             *p = None;
                         }
                     }
-                    self.deliver_on(&link, &prepared, &mut results).await;
+                    let lost = self.deliver_on(&link, &prepared, &mut results).await;
+                    if !lost.is_empty() {
+                        // The connection went down under messages that failed only
+                        // because a channel closed: once more, on a fresh connection.
+                        self.invalidate(link.id).await;
+                        let mut again = prepared;
+                        for (i, p) in again.iter_mut().enumerate() {
+                            if !lost.contains(&i) {
+                                *p = None;
+                            }
+                        }
+                        let exchanges: BTreeSet<&str> = again
+                            .iter()
+                            .flatten()
+                            .map(|p| p.exchange.as_str())
+                            .collect();
+                        match self.link(&exchanges).await {
+                            Ok((link, _)) => {
+                                let still = self.deliver_on(&link, &again, &mut results).await;
+                                for i in still {
+                                    results[i] = Some(Err(PublishError::retryable(
+                                        "the RabbitMQ connection closed during the publish",
+                                    )));
+                                }
+                            }
+                            Err(e) => {
+                                let e = e.to_string();
+                                for i in lost {
+                                    results[i] = Some(Err(PublishError::retryable(e.clone())));
+                                }
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -937,19 +973,22 @@ impl RabbitPublisher {
             .collect()
     }
 
+    /// Publishes the prepared messages on `link`, recording each result; returns the
+    /// messages whose channel closed while the connection went down (their results are
+    /// left unset): only a fresh connection can tell whether they can be delivered.
     async fn deliver_on(
         &self,
         link: &LinkHandle,
         prepared: &[Option<Prepared<'_>>],
         results: &mut [Option<Result<(), PublishError>>],
-    ) {
+    ) -> Vec<usize> {
         let items: Vec<(usize, &Prepared<'_>)> = prepared
             .iter()
             .enumerate()
             .filter_map(|(i, p)| p.as_ref().map(|p| (i, p)))
             .collect();
         if items.is_empty() {
-            return;
+            return Vec::new();
         }
         let mut stalled = false;
         let mut closed = Vec::new();
@@ -975,13 +1014,10 @@ impl RabbitPublisher {
             self.invalidate(link.id).await;
         }
         if closed.is_empty() {
-            return;
+            return Vec::new();
         }
         if !link.connection.status().connected() {
-            for (i, e) in closed {
-                results[i] = Some(Err(PublishError::retryable(e)));
-            }
-            return;
+            return closed.into_iter().map(|(i, _)| i).collect();
         }
         // The shared channel was closed under these messages, by one of them or by
         // another message on it: publish them again, apart, to know which.
@@ -996,6 +1032,7 @@ impl RabbitPublisher {
         for (i, r) in self.isolate(&link.connection, again).await {
             results[i] = Some(r);
         }
+        Vec::new()
     }
 }
 
