@@ -24,6 +24,7 @@ use mink_es::{
 use mink_postgres::sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use mink_postgres::sqlx::{self, AssertSqlSafe};
 use mink_postgres::{PgEventStore, PgOutboxStore, SchemaName};
+use mink_testing::rng::Rng;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -81,26 +82,6 @@ async fn scalar_i64(store: &PgEventStore, sql: &str) -> i64 {
         .fetch_one(store.pool())
         .await
         .unwrap()
-}
-
-/// A small deterministic generator (xorshift64*).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len() as u64) as usize]
-    }
 }
 
 /// Two routes to the same destination give some events two messages with one id.

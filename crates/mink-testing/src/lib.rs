@@ -21,6 +21,7 @@ pub mod evolution;
 pub mod fixture;
 pub mod outbox;
 pub mod readmodel;
+pub mod rng;
 pub mod services;
 
 pub use conformance::StoreFactory;
