@@ -169,19 +169,18 @@ where
     let deadline = start + Duration::from_secs(600);
     let elapsed = loop {
         let statuses = control.statuses().await?;
-        let done = statuses
+        let ours: Vec<_> = statuses
             .iter()
             .filter(|s| s.name == name || s.name.starts_with(&prefix))
+            .collect();
+        let done = ours
+            .iter()
             .filter(|s| s.checkpoint.is_some_and(|c| c >= head))
             .count();
         if done >= workers {
             break start.elapsed();
         }
-        if let Some(err) = statuses
-            .iter()
-            .filter(|s| s.name == name || s.name.starts_with(&prefix))
-            .find_map(|s| s.last_error.clone())
-        {
+        if let Some(err) = ours.iter().find_map(|s| s.last_error.clone()) {
             handle.shutdown().await;
             anyhow::bail!("projection {name} failed: {err}");
         }
